@@ -1,0 +1,58 @@
+"""Reading audio: a file on disk -> a mono float32 waveform at the configured sample rate.
+
+soundfile decodes (WAV, FLAC, OGG, ...); torchaudio only resamples. torchaudio's own
+`load()` needs TorchCodec and FFmpeg since 2.9, which a research machine may lack.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import soundfile as sf
+import torch
+import torchaudio
+
+from audio_cls.errors import DataError
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+
+
+def audio_info(path: str | Path) -> sf._SoundFileInfo:
+    """Header of `path` (frames, samplerate, channels); a clear DataError if it cannot be read."""
+    try:
+        info = sf.info(str(path))
+    except Exception as err:  # soundfile raises RuntimeError/LibsndfileError/TypeError by backend
+        raise DataError(f"{path}: soundfile cannot read it ({_short(err)})") from None
+    if info.frames <= 0:
+        raise DataError(f"{path}: the recording is empty (0 samples)")
+    return info
+
+
+@lru_cache(maxsize=16)
+def _resampler(orig_freq: int, new_freq: int) -> torchaudio.transforms.Resample:
+    # The windowed-sinc kernel depends only on the pair of rates: build it once per pair.
+    return torchaudio.transforms.Resample(orig_freq, new_freq)
+
+
+def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
+    """Read `path` as a mono waveform at `sample_rate`.
+
+    Returns:
+        Tensor of shape (samples,), float32 in [-1, 1]. Channels are averaged;
+        another sample rate is converted with torchaudio's Resample.
+    """
+    try:
+        data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)  # (samples, channels)
+    except Exception as err:
+        raise DataError(f"{path}: soundfile cannot read it ({_short(err)})") from None
+    if data.shape[0] == 0:
+        raise DataError(f"{path}: the recording is empty (0 samples)")
+    waveform = torch.from_numpy(data).mean(dim=1)
+    if file_rate != sample_rate:
+        waveform = _resampler(int(file_rate), int(sample_rate))(waveform)
+    return waveform
+
+
+def _short(err: Exception) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

@@ -1,0 +1,219 @@
+"""From a list of labelled files to padded batches: the part every dataset shares.
+
+    wav file --load_audio--> waveform (samples,) --features--> (frames, feat)
+            --pad_collate--> {"inputs": (batch, max_frames, feat), "lengths": (batch,), "targets": (batch,)}
+
+A dataset is a subclass of `AudioDataModule` that implements `build_splits()`, returning the
+labelled files of each split; everything else (checks, features, batching) lives here.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from audio_cls.audio import audio_info, load_audio
+from audio_cls.errors import DataError
+from audio_cls.features import FeatureExtractor, GlobalNorm
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled recording. `group` is the speaker or source, for group-disjoint splits."""
+
+    path: str
+    label: str
+    group: str | None = None
+
+
+def stratified_split(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
+    """Move `fraction` of each label's items into a second list, reproducibly for `seed`.
+
+    Each label moves at least one item and keeps at least one, where it has two or more.
+    """
+    by_label: dict[str, list[Item]] = defaultdict(list)
+    for item in sorted(items, key=lambda it: it.path):
+        by_label[item.label].append(item)
+    rng = random.Random(seed)
+    keep, moved = [], []
+    for label in sorted(by_label):
+        group = by_label[label]
+        rng.shuffle(group)
+        n = min(max(1, round(fraction * len(group))), len(group) - 1) if fraction > 0 else 0
+        moved += group[:n]
+        keep += group[n:]
+    return keep, moved
+
+
+class AudioDataset(Dataset):
+    """Items -> {"inputs": (frames, feat) features, "target": class index}.
+
+    With `num_samples` set, waveforms are cropped or zero-padded to that many samples
+    (a random crop when `random_crop`, else the centre) before feature extraction.
+    """
+
+    def __init__(self, items: list[Item], class_to_index: dict[str, int], sample_rate: int,
+                 features: FeatureExtractor, num_samples: int | None = None, random_crop: bool = False):
+        self.items = items
+        self.class_to_index = class_to_index
+        self.sample_rate = sample_rate
+        self.features = features
+        self.num_samples = num_samples
+        self.random_crop = random_crop
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        waveform = load_audio(item.path, self.sample_rate)
+        if self.num_samples is not None:
+            waveform = crop_or_pad(waveform, self.num_samples, self.random_crop)
+        with torch.no_grad():
+            inputs = self.features(waveform)
+        return {"inputs": inputs, "target": self.class_to_index[item.label]}
+
+
+def crop_or_pad(waveform: torch.Tensor, num_samples: int, random_crop: bool) -> torch.Tensor:
+    """(samples,) -> (num_samples,): zero-pad at the end, or crop (random or centred)."""
+    excess = waveform.shape[-1] - num_samples
+    if excess <= 0:
+        return torch.nn.functional.pad(waveform, (0, -excess))
+    start = int(torch.randint(0, excess + 1, ())) if random_crop else excess // 2
+    return waveform[start : start + num_samples]
+
+
+def pad_collate(items: list[dict]) -> dict:
+    """Pad features to the longest item in the batch; `lengths` counts each item's valid frames."""
+    inputs = [it["inputs"] for it in items]
+    return {
+        "inputs": torch.nn.utils.rnn.pad_sequence(inputs, batch_first=True),
+        "lengths": torch.tensor([x.shape[0] for x in inputs]),
+        "targets": torch.tensor([it["target"] for it in items]),
+    }
+
+
+class AudioDataModule(L.LightningDataModule):
+    """Splits, checks, feature extraction and batching for any labelled audio collection.
+
+    Args:
+        features: the feature extractor applied to every waveform (shared with the LightningModule,
+            so its normalization statistics are saved in checkpoints).
+        sample_rate: every file is resampled to this rate.
+        duration: if set, crop/pad every waveform to this many seconds (random crop in training).
+        batch_size, num_workers, pin_memory, shuffle: DataLoader settings (batch_size is per device).
+        split_seed: seed of the rules that carve validation sets, fixed apart from the training seed so
+            that `seed=1,2,3` repeats the same experiment on the same split.
+    """
+
+    def __init__(self, features: FeatureExtractor, sample_rate: int, duration: float | None = None,
+                 batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False, shuffle: bool = True,
+                 split_seed: int = 0):
+        super().__init__()
+        if batch_size < 1:
+            raise DataError(f"data.batch_size={batch_size}: must be a positive integer")
+        self.features = features
+        self.sample_rate = sample_rate
+        self.num_samples = round(duration * sample_rate) if duration else None
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.shuffle = shuffle
+        self.split_seed = split_seed
+        self.splits: dict[str, list[Item]] | None = None
+        self.class_names: list[str] = []
+        self.datasets: dict[str, AudioDataset] = {}
+
+    # --- what a dataset defines --------------------------------------------------------------
+    def build_splits(self) -> dict[str, list[Item]]:
+        """Return {"train": [...], "val": [...], "test": [...]} lists of `Item`s."""
+        raise NotImplementedError
+
+    # --- what the rest of the template reads -------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_counts(self) -> list[int]:
+        counts = Counter(item.label for item in self.splits["train"])
+        return [counts[name] for name in self.class_names]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is None:
+            self.splits = self.build_splits()
+            self._check_splits()
+            index = {name: i for i, name in enumerate(self.class_names)}
+            for split in SPLITS:
+                self.datasets[split] = AudioDataset(
+                    self.splits[split], index, self.sample_rate, self.features,
+                    self.num_samples, random_crop=(split == "train"))
+        norm = self.features.norm
+        if stage in (None, "fit") and isinstance(norm, GlobalNorm) and not bool(norm.fitted):
+            log.info("Measuring global feature statistics on %d training files", len(self.splits["train"]))
+            norm.fit((b["inputs"], b["lengths"]) for b in self._loader("train", shuffle=False))
+
+    def _check_splits(self) -> None:
+        for split in SPLITS:
+            if split not in self.splits:
+                raise DataError(f"{type(self).__name__}.build_splits returned no {split!r} split")
+        if not self.splits["train"]:
+            raise DataError(f"{type(self).__name__}: the training split is empty")
+        self.class_names = sorted({item.label for item in self.splits["train"]})
+        for split in ("val", "test"):
+            unknown = sorted({it.label for it in self.splits[split]} - set(self.class_names))
+            if unknown:
+                raise DataError(f"labels {unknown} occur in the {split} split but not in training")
+        # Read every header once now, so a broken file fails at start-up, not in epoch 7.
+        shortest = None
+        for split in SPLITS:
+            for item in self.splits[split]:
+                info = audio_info(item.path)
+                samples = round(info.frames * self.sample_rate / info.samplerate)
+                if shortest is None or samples < shortest[0]:
+                    shortest = (samples, item.path)
+        self.shortest_samples, self.shortest_path = shortest
+        log.info("Data: %s, classes %d; %s", type(self).__name__, self.num_classes,
+                 ", ".join(f"{s} {len(self.splits[s])} files" for s in SPLITS))
+
+    @property
+    def min_frames(self) -> int:
+        """Frames of the shortest recording after cropping/padding: the least a network must accept."""
+        samples = self.num_samples or self.shortest_samples
+        return int(self.features.num_frames(samples))
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, collate_fn=pad_collate,
+            num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0 and split == "train")
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=self.shuffle)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+
+def require_dir(path: str | Path, key: str = "data.root") -> Path:
+    """`path` as a Path, or a DataError naming the config key if it is not a directory."""
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise DataError(f"{key}={path}: no such directory")
+    return p

@@ -1,0 +1,10 @@
+"""Networks: plain nn.Modules, `forward(x (batch, time, feat), lengths (batch,)) -> logits`.
+
+Each is built by Hydra from conf/model/NAME.yaml with `in_features` and `num_classes` filled
+in from the data, so a new network is one module here plus one YAML there.
+"""
+
+from audio_cls.model.cnn import CNN1d, CNN2d
+from audio_cls.model.lstm import LSTMClassifier
+
+__all__ = ["CNN1d", "CNN2d", "LSTMClassifier"]

@@ -1,0 +1,138 @@
+"""Convolutional classifiers over time.
+
+CNN1d is the note's network: a Conv1d over time whose in_channels is the feature dimension,
+input (batch, time, feat) permuted to (batch, feat, time). CNN2d treats (feat x time) as an image.
+Both track every item's length through each block with the conv length formula, so the final
+pooling reads only valid frames and a configuration that shrinks time below one frame fails
+with a message instead of a shape error deep inside PyTorch.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from audio_cls.errors import ConfigError
+from audio_cls.model.layers import READOUTS, conv_output_length, make_activation, masked_pool, per_block
+
+
+class _ConvClassifier(nn.Module):
+    """Blocks of [conv -> norm -> activation -> pool -> dropout], pooled over valid frames, then Linear.
+
+    Settings that take a list give one value per block; a single value applies to every block.
+    """
+
+    dims: int  # 1 for Conv1d over time, 2 for Conv2d over (feat, time)
+
+    def __init__(self, in_features: int, num_classes: int, channels: list[int] = (64, 128, 128),
+                 kernel_size: int | list[int] = 5, stride: int | list[int] = 1,
+                 padding: int | str | list = "same", dilation: int | list[int] = 1,
+                 activation: str = "relu", norm: str = "batch", pool_size: int | list[int] = 2,
+                 dropout: float = 0.1, readout: str = "meanmax"):
+        super().__init__()
+        n = len(channels)
+        self.blocks_spec = []
+        for i, (k, s, p, d, ps) in enumerate(zip(
+                per_block(kernel_size, n, "model.kernel_size"), per_block(stride, n, "model.stride"),
+                per_block(padding, n, "model.padding"), per_block(dilation, n, "model.dilation"),
+                per_block(pool_size, n, "model.pool_size"))):
+            if p == "same" and s != 1:
+                raise ConfigError(f"model.padding='same' needs stride 1 (block {i} has stride {s}); "
+                                  f"use an integer padding such as (kernel-1)//2 = {(k - 1) // 2}")
+            if p == "valid":
+                p = 0
+            self.blocks_spec.append(dict(kernel_size=k, stride=s, padding=p, dilation=d, pool_size=ps))
+
+        conv, batchnorm, maxpool = {1: (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d),
+                                    2: (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d)}[self.dims]
+        if readout not in READOUTS:
+            raise ConfigError(f"model.readout={readout!r}: expected one of {', '.join(READOUTS)}")
+        if norm not in ("batch", "none"):
+            raise ConfigError(f"model.norm={norm!r}: expected 'batch' or 'none'")
+        blocks, in_ch = [], self.in_channels(in_features)
+        for out_ch, spec in zip(channels, self.blocks_spec):
+            layers = [conv(in_ch, out_ch, spec["kernel_size"], stride=spec["stride"], padding=spec["padding"],
+                           dilation=spec["dilation"], bias=norm == "none")]
+            if norm == "batch":
+                layers.append(batchnorm(out_ch))
+            layers.append(make_activation(activation))
+            if spec["pool_size"] > 1:
+                layers.append(maxpool(spec["pool_size"]))
+            layers.append(nn.Dropout(dropout))
+            blocks.append(nn.Sequential(*layers))
+            in_ch = out_ch
+        self.blocks = nn.ModuleList(blocks)
+        self.readout = readout
+        self.head = nn.Linear(in_ch * (2 if readout == "meanmax" else 1), num_classes)
+
+    def in_channels(self, in_features: int) -> int:
+        raise NotImplementedError
+
+    def block_lengths(self, length):
+        """Time length after each block (an int or a tensor of lengths), by the conv length formula."""
+        out = []
+        for spec in self.blocks_spec:
+            length = conv_output_length(length, spec["kernel_size"], spec["stride"], spec["padding"],
+                                        spec["dilation"])
+            if spec["pool_size"] > 1:
+                length = conv_output_length(length, spec["pool_size"], spec["pool_size"])
+            out.append(length)
+        return out
+
+    def output_lengths(self, lengths):
+        """Valid frames left after the last block for inputs of `lengths` frames."""
+        return self.block_lengths(lengths)[-1]
+
+    def check_lengths(self, lengths: torch.Tensor) -> None:
+        shortest = int(lengths.min())
+        for i, n in enumerate(self.block_lengths(shortest)):
+            if n < 1:
+                spec = ", ".join(f"{k}={v}" for k, v in self.blocks_spec[i].items())
+                raise ConfigError(
+                    f"model: an input of {shortest} frames shrinks to {n} frames after block {i} ({spec}); "
+                    f"use smaller model.kernel_size/stride/pool_size, fewer model.channels, or longer inputs")
+
+    def features_to_maps(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x: (batch, time, feat), lengths: (batch,) valid frames -> logits (batch, num_classes)."""
+        self.check_lengths(lengths)
+        h = self.features_to_maps(x)
+        for block in self.blocks:
+            h = block(h)
+        if self.dims == 2:
+            h = h.mean(dim=2)  # average over what is left of the feature axis: (batch, ch, time)
+        pooled = masked_pool(h.transpose(1, 2), self.output_lengths(lengths), self.readout)
+        return self.head(pooled)
+
+
+class CNN1d(_ConvClassifier):
+    """Conv1d over time, in_channels = feature dimension: (batch, time, feat) -> (batch, feat, time)."""
+
+    dims = 1
+
+    def in_channels(self, in_features):
+        return in_features
+
+    def features_to_maps(self, x):
+        return x.transpose(1, 2)
+
+
+class CNN2d(_ConvClassifier):
+    """Conv2d over the (feat x time) image: (batch, time, feat) -> (batch, 1, feat, time)."""
+
+    dims = 2
+
+    def __init__(self, in_features: int, num_classes: int, **kwargs):
+        super().__init__(in_features, num_classes, **kwargs)
+        freq = self.block_lengths(in_features)  # the feature axis shrinks by the same rules as time
+        if min(freq) < 1:
+            raise ConfigError(f"model: the feature axis of {in_features} bins shrinks to {min(freq)}; "
+                              f"use fewer model.channels or smaller pool_size/stride")
+
+    def in_channels(self, in_features):
+        return 1
+
+    def features_to_maps(self, x):
+        return x.transpose(1, 2).unsqueeze(1)

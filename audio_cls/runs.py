@@ -1,0 +1,127 @@
+"""What every entry point does with a run: build callbacks and loggers from config, write
+metrics.json, log hyperparameters, and turn user errors into one line instead of a traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from audio_cls.errors import AudioClsError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def instantiate_group(group: DictConfig | None) -> list:
+    """Instantiate every entry of a group such as `callbacks` or `logger`; null entries are switched off."""
+    if not group:
+        return []
+    return [instantiate(node) for node in group.values() if node is not None and "_target_" in node]
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Lightning's callback_metrics (tensors) as plain floats, sorted by name."""
+    return {k: float(v) for k, v in sorted(metrics.items()) if not isinstance(v, torch.Tensor) or v.numel() == 1}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically: a reader (or a crash) never sees half a file."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
+    os.replace(tmp, path)
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"channels": [64, 128]}} -> {"model.channels": "[64, 128]"} (TensorBoard takes scalars only)."""
+    if isinstance(node, dict):
+        flat = {}
+        for key, value in node.items():
+            flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: node if isinstance(node, (int, float, str, bool)) else str(node)}
+
+
+def hparams_of(config: dict) -> dict[str, Any]:
+    """The hyperparameters a sweep compares: data, features, model, loss, optimizer, scheduler, trainer."""
+    sections = ("data", "features", "model", "loss", "optimizer", "scheduler", "seed")
+    params = flatten({k: config.get(k) for k in sections})
+    trainer = config.get("trainer") or {}
+    params.update({f"trainer.{k}": str(trainer.get(k)) for k in ("max_epochs", "precision", "accelerator")})
+    return params
+
+
+def log_hparams(loggers: list, config: dict, metrics: dict[str, float]) -> None:
+    """Link the run's hyperparameters to its final metrics (TensorBoard HPARAMS tab)."""
+    params = hparams_of(config)
+    hp_metrics = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()
+                  if k in ("val/acc_best", "val/acc", "test/acc", "test/f1", "test/loss") and math.isfinite(v)}
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, metrics=hp_metrics)
+        else:
+            logger.log_hyperparams(params)
+        logger.finalize("success")
+
+
+def user_error(err: BaseException) -> AudioClsError | None:
+    """The AudioClsError behind `err` (Hydra wraps errors raised while instantiating), if any."""
+    while err is not None:
+        if isinstance(err, AudioClsError):
+            return err
+        err = err.__cause__
+    return None
+
+
+def refuse_to_overwrite(output_dir: Path) -> None:
+    """A run directory that already holds results is never written over silently."""
+    earlier = [p.name for p in (output_dir / "metrics.json", *(output_dir / "checkpoints").glob("*.ckpt"))
+               if p.is_file()]
+    if earlier:
+        raise ConfigError(f"hydra.run.dir={output_dir} already holds an earlier run ({', '.join(earlier[:3])}); "
+                          f"pass ckpt_path=last to resume it, or choose a new hydra.run.dir")
+
+
+def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig, resuming: bool = False) -> float | None:
+    """Run `task` in its run directory, write metrics.json with its status, report user errors in one line.
+
+    `resuming`: the task continues the run already in the directory (train with ckpt_path).
+    Returns the metric named by `optimized_metric` (for Hydra sweepers).
+    """
+    output_dir = Path(cfg.paths.output_dir)
+    try:
+        if not resuming:
+            refuse_to_overwrite(output_dir)
+    except ConfigError as err:
+        _exit_with(str(err))
+    try:
+        metrics = task(cfg)
+    except Exception as err:
+        mine = user_error(err)
+        message = str(mine) if mine else (str(err).splitlines()[0] if isinstance(err, InstantiationException)
+                                          else None)
+        log.debug("Traceback:\n%s", traceback.format_exc())
+        write_json(output_dir / "metrics.json", {"status": "failed", "error": message or repr(err)})
+        if message is None:
+            raise  # a bug, not a user error: the traceback is what a developer needs
+        _exit_with(message)
+    metric = cfg.get("optimized_metric")
+    return metrics.get(metric) if metric else None
+
+
+def _exit_with(message: str) -> None:
+    log.error(message)
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(1)

@@ -1,0 +1,92 @@
+"""Train a classifier: `python -m audio_cls.train [experiment=NAME] [key=value ...]`.
+
+    config -> feature extractor -> datamodule (scan, split, check files) -> network -> AudioClassifier
+           -> Trainer.fit -> Trainer.test on the best checkpoint -> metrics.json in the run directory
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from audio_cls.errors import ConfigError
+from audio_cls.module import AudioClassifier
+from audio_cls.runs import instantiate_group, log_hparams, run_task, scalar_metrics, write_json
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict:
+    output_dir = Path(cfg.paths.output_dir)
+    L.seed_everything(cfg.seed, workers=True)
+
+    features = instantiate(cfg.features)
+    datamodule = instantiate(cfg.data, features=features)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+
+    net = instantiate(cfg.model, in_features=features.num_features, num_classes=datamodule.num_classes)
+    check_shortest_input(net, datamodule.min_frames, features.num_features)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    module = AudioClassifier(net, features, datamodule.class_names, optimizer=config["optimizer"],
+                             scheduler=config["scheduler"], loss=loss_config(config["loss"], datamodule),
+                             config=config)
+    log.info("Network %s: %.2fM parameters", type(net).__name__, sum(p.numel() for p in net.parameters()) / 1e6)
+
+    trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks),
+                          logger=instantiate_group(cfg.logger))
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    metrics = scalar_metrics(trainer.callback_metrics)
+    metrics["train_time_s"] = time.perf_counter() - started
+    metrics["epochs"] = trainer.current_epoch
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if cfg.test:
+        if not best:
+            log.warning("No best checkpoint (checkpointing off or fast_dev_run): testing the last weights")
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update(scalar_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
+    result = {"status": "finished", **metrics, "best_checkpoint": best, "class_names": module.class_names,
+              "test/confusion_matrix": module.test_confusion_matrix}
+    write_json(output_dir / "metrics.json", result)
+    if trainer.is_global_zero:
+        log_hparams(trainer.loggers, config, metrics)
+        log.info("Metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        log.info("Run directory: %s", output_dir)
+    return metrics
+
+
+def check_shortest_input(net: torch.nn.Module, frames: int, num_features: int) -> None:
+    """Run the network once on the shortest recording's length, so impossible shapes fail now."""
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        net(torch.zeros(1, frames, num_features), torch.tensor([frames]))
+    net.train(was_training)
+
+
+def loss_config(loss: dict, datamodule) -> dict:
+    """`loss.weight=balanced` -> per-class weights inversely proportional to training counts."""
+    if loss.get("weight") == "balanced":
+        counts = datamodule.class_counts()
+        loss = {**loss, "weight": [sum(counts) / (len(counts) * c) for c in counts]}
+    elif isinstance(loss.get("weight"), str):
+        raise ConfigError(f"loss.weight={loss['weight']!r}: expected null, 'balanced' or a list of floats")
+    return loss
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return run_task(train, cfg, resuming=cfg.ckpt_path is not None)
+
+
+if __name__ == "__main__":
+    main()

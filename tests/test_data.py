@@ -1,0 +1,124 @@
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audio_cls.audio import load_audio
+from audio_cls.data.base import Item, pad_collate, stratified_split
+from audio_cls.data.fsdd import FSDD
+from audio_cls.errors import ConfigError, DataError
+from audio_cls.features import LogMel, RawWaveform
+from conftest import write_tone
+
+
+def fsdd(root, **kwargs):
+    return FSDD(root=str(root), features=LogMel(8000, normalize="none"), sample_rate=8000, **kwargs)
+
+
+def test_stereo_is_mixed_to_mono_and_other_rates_resampled(tmp_path):
+    path = write_tone(tmp_path / "stereo.wav", seconds=0.5, sample_rate=44100, channels=2)
+    wave = load_audio(path, 8000)
+    assert wave.dim() == 1 and wave.dtype == torch.float32
+    assert abs(wave.shape[0] - 4000) <= 1
+    # a 440 Hz tone survives resampling: its spectrum peaks at 440 Hz
+    spectrum = np.abs(np.fft.rfft(wave.numpy()))
+    assert abs(np.argmax(spectrum) * 8000 / wave.shape[0] - 440) < 5
+
+
+def test_channels_are_averaged(tmp_path):
+    path = tmp_path / "lr.wav"
+    sf.write(str(path), np.stack([np.full(800, 0.5), np.full(800, -0.1)], axis=1), 8000, subtype="FLOAT")
+    torch.testing.assert_close(load_audio(path, 8000), torch.full((800,), 0.2))
+
+
+def test_pad_collate_pads_to_longest_and_counts_frames():
+    items = [{"inputs": torch.ones(n, 3), "target": t} for n, t in ((4, 0), (7, 1), (2, 2))]
+    batch = pad_collate(items)
+    assert batch["inputs"].shape == (3, 7, 3)
+    assert batch["lengths"].tolist() == [4, 7, 2]
+    assert batch["targets"].tolist() == [0, 1, 2]
+    assert batch["inputs"][0, 4:].abs().sum() == 0 and batch["inputs"][2, :2].sum() == 6
+
+
+def test_stratified_split_is_seeded_and_stratified():
+    items = [Item(f"{label}_{i}.wav", label) for label in "abc" for i in range(20)]
+    keep, moved = stratified_split(items, 0.1, seed=0)
+    assert sorted(it.label for it in moved) == ["a", "a", "b", "b", "c", "c"]
+    assert not set(keep) & set(moved) and len(keep) + len(moved) == 60
+    assert stratified_split(list(reversed(items)), 0.1, seed=0)[1] == moved
+    assert stratified_split(items, 0.1, seed=1)[1] != moved
+
+
+def test_fsdd_official_split(fsdd_root):
+    dm = fsdd(fsdd_root)
+    dm.setup("fit")
+    splits = dm.splits
+    assert len(splits["test"]) == 300
+    assert len(splits["train"]) + len(splits["val"]) == 2700
+    assert len(splits["val"]) == 270
+    assert all(int(p.path.rsplit("_", 1)[1][:-4]) < 5 for p in splits["test"])
+    assert dm.class_names == [str(d) for d in range(10)] and dm.num_classes == 10
+    assert not {it.path for it in splits["train"]} & {it.path for it in splits["val"]}
+
+
+def test_fsdd_speaker_split_holds_out_speakers(fsdd_root):
+    dm = fsdd(fsdd_root, protocol="speaker", test_speakers=["theo"], val_speakers=["george"])
+    dm.setup("fit")
+    groups = {s: {it.group for it in dm.splits[s]} for s in ("train", "val", "test")}
+    assert groups["test"] == {"theo"} and groups["val"] == {"george"}
+    assert groups["train"] == {"jackson", "lucas", "nicolas", "yweweler"}
+
+
+def test_fsdd_unknown_speaker_names_the_key(fsdd_root):
+    with pytest.raises(ConfigError, match="data.test_speakers: unknown speakers"):
+        fsdd(fsdd_root, protocol="speaker", test_speakers=["alice"]).setup("fit")
+
+
+def test_batches_carry_lengths_in_frames(fsdd_slice):
+    dm = fsdd(fsdd_slice, batch_size=8)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    fx = dm.features
+    assert batch["inputs"].shape[0] == 8 and batch["inputs"].shape[2] == 64
+    assert batch["inputs"].shape[1] == batch["lengths"].max()
+    for item, length in zip(dm.datasets["val"].items, next(iter(dm.val_dataloader()))["lengths"]):
+        assert length == fx.num_frames(sf.info(item.path).frames)
+
+
+def test_fixed_duration_crops_and_pads(fsdd_slice):
+    dm = FSDD(root=str(fsdd_slice), features=RawWaveform(), sample_rate=8000, duration=0.25, batch_size=4)
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["inputs"].shape == (4, 2000, 1) and (batch["lengths"] == 2000).all()
+
+
+def test_global_statistics_are_measured_on_training_data(fsdd_slice):
+    dm = FSDD(root=str(fsdd_slice), features=LogMel(8000, normalize="global"), sample_rate=8000)
+    dm.setup("fit")
+    norm = dm.features.norm
+    assert bool(norm.fitted) and norm.mean.abs().sum() > 0
+    batch = next(iter(dm.train_dataloader()))
+    valid = batch["inputs"][torch.arange(batch["inputs"].shape[1])[None] < batch["lengths"][:, None]]
+    assert abs(valid.mean().item()) < 0.5 and 0.5 < valid.std().item() < 1.5
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda root: root / "missing", "no such directory"),
+    (lambda root: root, "no .wav recordings"),
+])
+def test_missing_or_empty_data_dir(tmp_path, make, message):
+    with pytest.raises(DataError, match=message):
+        fsdd(make(tmp_path)).setup("fit")
+
+
+def test_unreadable_and_empty_files_are_named(tmp_path):
+    for digit in range(2):
+        for index in range(10):
+            write_tone(tmp_path / f"{digit}_anna_{index}.wav", seconds=0.2)
+    (tmp_path / "1_anna_17.wav").write_text("this is not audio")
+    with pytest.raises(DataError, match=r"1_anna_17\.wav: soundfile cannot read it"):
+        fsdd(tmp_path).setup("fit")
+    (tmp_path / "1_anna_17.wav").unlink()
+    sf.write(str(tmp_path / "0_anna_18.wav"), np.zeros(0), 8000)
+    with pytest.raises(DataError, match=r"0_anna_18\.wav: the recording is empty"):
+        fsdd(tmp_path).setup("fit")

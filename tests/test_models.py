@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from audio_cls.errors import ConfigError
+from audio_cls.model import CNN1d, CNN2d, LSTMClassifier
+from audio_cls.model.layers import conv_output_length, masked_pool
+
+
+@pytest.mark.parametrize("n1,kernel,stride,padding,dilation", [
+    (100, 2, 1, 0, 1), (100, 5, 2, 0, 1), (37, 3, 3, 1, 1), (50, 3, 1, 0, 4), (9, 4, 2, 2, 2), (64, 5, 1, 2, 1),
+])
+def test_conv_length_formula_matches_pytorch(n1, kernel, stride, padding, dilation):
+    conv = torch.nn.Conv1d(1, 1, kernel, stride=stride, padding=padding, dilation=dilation)
+    assert conv(torch.zeros(1, 1, n1)).shape[-1] == conv_output_length(n1, kernel, stride, padding, dilation)
+
+
+def test_note_example_n2_is_n1_minus_one():
+    # Conv1d(256 -> 100, kernel 2) at stride 1: N2 = (N1 - 2)/1 + 1
+    net = CNN1d(256, 10, channels=[100], kernel_size=2, padding="valid", pool_size=1, norm="none")
+    assert net.block_lengths(50) == [49]
+    assert net.blocks[0][0].in_channels == 256 and net.blocks[0][0].out_channels == 100
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(kernel_size=5, padding="same", pool_size=2),
+    dict(kernel_size=[3, 5, 2], padding=[0, 2, 0], stride=[1, 2, 1], pool_size=1),
+    dict(kernel_size=3, dilation=[1, 2, 4], padding="valid", pool_size=[2, 1, 1]),
+])
+def test_cnn1d_tracked_lengths_equal_real_output_lengths(kwargs):
+    net = CNN1d(8, 4, channels=[6, 6, 6], **kwargs).eval()
+    h = torch.randn(1, 8, 61)
+    for block, expected in zip(net.blocks, net.block_lengths(61)):
+        h = block(h)
+        assert h.shape[-1] == expected
+
+
+def test_cnn1d_same_padding_keeps_length_and_rejects_stride():
+    net = CNN1d(8, 4, channels=[6], kernel_size=4, padding="same", pool_size=1)
+    assert net.blocks[0](torch.randn(1, 8, 33)).shape[-1] == 33 == net.block_lengths(33)[0]
+    with pytest.raises(ConfigError, match="padding='same' needs stride 1"):
+        CNN1d(8, 4, channels=[6], stride=2, padding="same")
+
+
+def test_cnn_that_shrinks_time_below_one_frame_fails_clearly():
+    net = CNN1d(8, 4, channels=[6, 6], kernel_size=5, padding="valid", pool_size=2)
+    with pytest.raises(ConfigError, match="shrinks to 0 frames after block 1"):
+        net(torch.randn(2, 12, 8), torch.tensor([12, 12]))
+
+
+@pytest.mark.parametrize("cls", [CNN1d, CNN2d])
+def test_cnn_padding_frames_do_not_change_readout(cls):
+    """Padding shifts nothing into the pooled readout beyond what zero-padding at the edge implies:
+    with valid convolutions the first `L` output frames only see valid input frames."""
+    torch.manual_seed(0)
+    net = cls(16, 5, channels=[8, 8], kernel_size=3, padding="valid", pool_size=1, norm="none").eval()
+    x = torch.randn(1, 30, 16)
+    padded = torch.cat([x, torch.randn(1, 10, 16)], dim=1)
+    torch.testing.assert_close(net(padded, torch.tensor([30])), net(x, torch.tensor([30])))
+
+
+def test_cnn2d_output_shape_and_frequency_check():
+    net = CNN2d(40, 7, channels=[4, 8], kernel_size=3)
+    assert net(torch.randn(3, 50, 40), torch.tensor([50, 30, 20])).shape == (3, 7)
+    with pytest.raises(ConfigError, match="feature axis"):
+        CNN2d(4, 7, channels=[4, 4, 4], pool_size=2)
+
+
+@pytest.mark.parametrize("readout", ["last", "mean", "max", "meanmax"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_lstm_readout_identical_with_and_without_padding(readout, bidirectional):
+    torch.manual_seed(0)
+    net = LSTMClassifier(12, 5, bidirectional=bidirectional, readout=readout).eval()
+    items = [torch.randn(n, 12) for n in (17, 9, 4)]
+    batch = torch.nn.utils.rnn.pad_sequence(items, batch_first=True) + 0.0
+    batch[1, 9:] = 50.0  # garbage in the padding must not matter
+    batched = net(batch, torch.tensor([17, 9, 4]))
+    for i, item in enumerate(items):
+        alone = net(item[None], torch.tensor([item.shape[0]]))
+        torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_lstm_defaults_follow_the_note():
+    net = LSTMClassifier(20, 10)
+    assert (net.lstm.hidden_size, net.lstm.num_layers, net.lstm.batch_first) == (64, 3, True)
+    assert isinstance(net.head, torch.nn.Linear) and net.head.in_features == 64
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "tanh", "silu"])
+def test_activation_is_a_config_choice(activation):
+    net = CNN1d(4, 3, channels=[4], activation=activation)
+    assert type(net.blocks[0][2]).__name__.lower().startswith(activation.replace("_", "")[:3])
+    lstm = LSTMClassifier(4, 3, head_hidden=8, activation=activation)
+    assert type(lstm.head[1]).__name__.lower().startswith(activation[:3])
+
+
+def test_unknown_activation_names_the_key():
+    with pytest.raises(ConfigError, match="model.activation='swish'"):
+        CNN1d(4, 3, channels=[4], activation="swish")
+
+
+def test_masked_pool_ignores_padding():
+    x = torch.tensor([[[1.0], [3.0], [100.0]]])
+    assert masked_pool(x, torch.tensor([2]), "mean").item() == 2.0
+    assert masked_pool(x, torch.tensor([2]), "max").item() == 3.0
