@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import copy
+
 import lightning as L
 import torch
 from hydra.utils import instantiate
@@ -51,7 +53,8 @@ class AudioClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "features"], logger=False)
         self.net = net
-        self.features = features
+        # A copy: moving this module to a device must not move the datamodule's CPU extractor.
+        self.features = copy.deepcopy(features)
         self.class_names = list(class_names)
         self.criterion = self._build_loss(loss)
 

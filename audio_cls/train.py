@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
 
     features = instantiate(cfg.features)
     datamodule = instantiate(cfg.data, features=features)
@@ -35,7 +36,7 @@ def train(cfg: DictConfig) -> dict:
     net = instantiate(cfg.model, in_features=features.num_features, num_classes=datamodule.num_classes)
     check_shortest_input(net, datamodule.min_frames, features.num_features)
     config = OmegaConf.to_container(cfg, resolve=True)
-    module = AudioClassifier(net, features, datamodule.class_names, optimizer=config["optimizer"],
+    module = AudioClassifier(net, datamodule.features, datamodule.class_names, optimizer=config["optimizer"],
                              scheduler=config["scheduler"], loss=loss_config(config["loss"], datamodule),
                              config=config)
     log.info("Network %s: %.2fM parameters", type(net).__name__, sum(p.numel() for p in net.parameters()) / 1e6)

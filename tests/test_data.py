@@ -81,7 +81,7 @@ def test_batches_carry_lengths_in_frames(fsdd_slice):
     fx = dm.features
     assert batch["inputs"].shape[0] == 8 and batch["inputs"].shape[2] == 64
     assert batch["inputs"].shape[1] == batch["lengths"].max()
-    for item, length in zip(dm.datasets["val"].items, next(iter(dm.val_dataloader()))["lengths"]):
+    for item, length in zip(dm.splits["val"], next(iter(dm.val_dataloader()))["lengths"]):
         assert length == fx.num_frames(sf.info(item.path).frames)
 
 
@@ -122,3 +122,17 @@ def test_unreadable_and_empty_files_are_named(tmp_path):
     sf.write(str(tmp_path / "0_anna_18.wav"), np.zeros(0), 8000)
     with pytest.raises(DataError, match=r"0_anna_18\.wav: the recording is empty"):
         fsdd(tmp_path).setup("fit")
+
+
+def test_moving_the_model_leaves_the_workers_extractor_on_the_cpu(fsdd_slice):
+    from audio_cls.model import CNN1d
+    from audio_cls.module import AudioClassifier
+
+    features = LogMel(8000, normalize="global")
+    dm = FSDD(root=str(fsdd_slice), features=features, sample_rate=8000, batch_size=4)
+    dm.setup("fit")
+    module = AudioClassifier(CNN1d(64, 10, channels=[8]), dm.features, dm.class_names)
+    torch.testing.assert_close(module.features.norm.mean, dm.features.norm.mean)  # fitted statistics travel
+    module.to(torch.float64)  # stands in for .to("cuda"): any move of the module's tensors
+    assert dm.features.norm.mean.dtype == torch.float32 and features.norm.mean.dtype == torch.float32
+    assert next(iter(dm.val_dataloader()))["inputs"].dtype == torch.float32

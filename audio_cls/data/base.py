@@ -9,6 +9,7 @@ labelled files of each split; everything else (checks, features, batching) lives
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 from collections import Counter, defaultdict
@@ -108,8 +109,8 @@ class AudioDataModule(L.LightningDataModule):
     """Splits, checks, feature extraction and batching for any labelled audio collection.
 
     Args:
-        features: the feature extractor applied to every waveform (shared with the LightningModule,
-            so its normalization statistics are saved in checkpoints).
+        features: the feature extractor applied to every waveform; the datamodule keeps a copy
+            (`self.features`, where `normalize=global` statistics are fitted) that stays on the CPU.
         sample_rate: every file is resampled to this rate.
         duration: if set, crop/pad every waveform to this many seconds (random crop in training).
         batch_size, num_workers, pin_memory, shuffle: DataLoader settings (batch_size is per device).
@@ -123,7 +124,9 @@ class AudioDataModule(L.LightningDataModule):
         super().__init__()
         if batch_size < 1:
             raise DataError(f"data.batch_size={batch_size}: must be a positive integer")
-        self.features = features
+        # A copy of its own that stays on the CPU for the DataLoader workers, whatever device
+        # the LightningModule later moves its extractor to.
+        self.features = copy.deepcopy(features)
         self.sample_rate = sample_rate
         self.num_samples = round(duration * sample_rate) if duration else None
         self.batch_size = batch_size
@@ -133,7 +136,6 @@ class AudioDataModule(L.LightningDataModule):
         self.split_seed = split_seed
         self.splits: dict[str, list[Item]] | None = None
         self.class_names: list[str] = []
-        self.datasets: dict[str, AudioDataset] = {}
 
     # --- what a dataset defines --------------------------------------------------------------
     def build_splits(self) -> dict[str, list[Item]]:
@@ -153,11 +155,6 @@ class AudioDataModule(L.LightningDataModule):
         if self.splits is None:
             self.splits = self.build_splits()
             self._check_splits()
-            index = {name: i for i, name in enumerate(self.class_names)}
-            for split in SPLITS:
-                self.datasets[split] = AudioDataset(
-                    self.splits[split], index, self.sample_rate, self.features,
-                    self.num_samples, random_crop=(split == "train"))
         norm = self.features.norm
         if stage in (None, "fit") and isinstance(norm, GlobalNorm) and not bool(norm.fitted):
             log.info("Measuring global feature statistics on %d training files", len(self.splits["train"]))
@@ -192,9 +189,15 @@ class AudioDataModule(L.LightningDataModule):
         samples = self.num_samples or self.shortest_samples
         return int(self.features.num_frames(samples))
 
+    def dataset(self, split: str) -> AudioDataset:
+        """The split as a Dataset whose items are (frames, feat) features computed on the CPU."""
+        index = {name: i for i, name in enumerate(self.class_names)}
+        return AudioDataset(self.splits[split], index, self.sample_rate, self.features, self.num_samples,
+                            random_crop=split == "train")
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
-            self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, collate_fn=pad_collate,
+            self.dataset(split), batch_size=self.batch_size, shuffle=shuffle, collate_fn=pad_collate,
             num_workers=self.num_workers, pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0 and split == "train")
 
