@@ -2,7 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test train tensorboard clean
+.PHONY: install test train sweep report tensorboard clean
 
 install:  ## create .venv and install the package with its dev extras
 	$(PY) -m venv $(VENV)
@@ -14,6 +14,12 @@ test:  ## run the test suite
 
 train:  ## train the default experiment (CNN1d on FSDD) and print the test metrics
 	$(BIN)/python -m audio_cls.train $(ARGS)
+
+sweep:  ## a small ready-made sweep on FSDD (2 networks x 2 learning rates); writes report.md/.csv/.png
+	$(BIN)/python -m audio_cls.train hparams_search=fsdd_grid $(ARGS)
+
+report:  ## rewrite the report of a sweep: make report DIR=logs/train/multiruns/<sweep>
+	$(BIN)/python -m audio_cls.report $(DIR)
 
 tensorboard:  ## serve the TensorBoard logs of every run under logs/
 	$(BIN)/tensorboard --logdir logs --bind_all

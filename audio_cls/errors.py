@@ -11,3 +11,7 @@ class ConfigError(AudioClsError, ValueError):
 
 class DataError(AudioClsError):
     """Audio or a data directory that cannot be used (names the path)."""
+
+
+class TrainingDiverged(AudioClsError):
+    """The loss became NaN or infinite (names the step)."""

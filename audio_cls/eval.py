@@ -15,7 +15,7 @@ from omegaconf import DictConfig, open_dict
 
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.module import AudioClassifier
-from audio_cls.runs import instantiate_group, run_task, scalar_metrics, write_json
+from audio_cls.runs import instantiate_group, run_task, scalar_metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +40,12 @@ def evaluate(cfg: DictConfig) -> dict:
     trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks),
                           logger=instantiate_group(cfg.logger))
     trainer.test(module, datamodule=datamodule)
-    metrics = scalar_metrics(trainer.callback_metrics)
-    write_json(Path(cfg.paths.output_dir) / "metrics.json",
-               {"status": "finished", **metrics, "ckpt_path": str(ckpt), "class_names": module.class_names,
-                "test/confusion_matrix": module.test_confusion_matrix})
-    return metrics
+    return {**scalar_metrics(trainer.callback_metrics), "ckpt_path": str(ckpt),
+            "class_names": module.class_names, "test/confusion_matrix": module.test_confusion_matrix}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float:
     return run_task(evaluate, cfg)
 
 

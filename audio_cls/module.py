@@ -23,6 +23,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from audio_cls.errors import TrainingDiverged
 from audio_cls.features import FeatureExtractor
 
 Spec = Mapping | Callable
@@ -96,6 +97,11 @@ class AudioClassifier(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         loss, _ = self._shared_step(batch, self.train_metrics, "train")
+        if not torch.isfinite(loss):
+            # Stop before the optimizer writes NaNs into the weights; the last checkpoint stays good.
+            raise TrainingDiverged(f"the training loss is {loss.item()} at step {self.global_step} "
+                                   f"(epoch {self.current_epoch}, batch {batch_idx}); lower optimizer.lr "
+                                   f"or set trainer.gradient_clip_val")
         return loss
 
     def on_train_start(self) -> None:

@@ -8,14 +8,18 @@ import logging
 import math
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -94,34 +98,54 @@ def refuse_to_overwrite(output_dir: Path) -> None:
                           f"pass ckpt_path=last to resume it, or choose a new hydra.run.dir")
 
 
-def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig, resuming: bool = False) -> float | None:
-    """Run `task` in its run directory, write metrics.json with its status, report user errors in one line.
+def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig, resuming: bool = False) -> float:
+    """Run `task` in its run directory and write its metrics.json, finished or failed.
 
+    `task` returns a dict of results (metrics as floats, plus anything JSON can hold).
     `resuming`: the task continues the run already in the directory (train with ckpt_path).
-    Returns the metric named by `optimized_metric` (for Hydra sweepers).
+    Returns the metric named by `optimized_metric`, for Hydra sweepers. A job that fails in a multirun
+    returns the worst value (-inf when maximizing) instead of raising, so the rest of the sweep runs and
+    sweepers can still rank it (NaN would stop the Optuna sweeper); metrics.json and the sweep report
+    say it failed. A user error in a single run prints one line and exits with status 1; a bug raises.
     """
     output_dir = Path(cfg.paths.output_dir)
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    worst = -math.inf if cfg.get("optimized_direction", "maximize") == "maximize" else math.inf
+    started = time.perf_counter()
     try:
         if not resuming:
             refuse_to_overwrite(output_dir)
     except ConfigError as err:
+        if multirun:
+            log.error(str(err))
+            return worst
         _exit_with(str(err))
     try:
-        metrics = task(cfg)
+        result = task(cfg)
     except Exception as err:
         mine = user_error(err)
         message = str(mine) if mine else (str(err).splitlines()[0] if isinstance(err, InstantiationException)
                                           else None)
-        log.debug("Traceback:\n%s", traceback.format_exc())
-        write_json(output_dir / "metrics.json", {"status": "failed", "error": message or repr(err)})
+        if rank_zero_only.rank == 0:
+            (output_dir / "traceback.txt").write_text(traceback.format_exc())
+        _write_result(output_dir, {"status": "failed", "error": message or f"{type(err).__name__}: {err}",
+                                   "wall_time_s": time.perf_counter() - started})
+        log.error("Failed: %s (traceback in %s)", message or repr(err), output_dir / "traceback.txt")
+        if multirun:
+            return worst
         if message is None:
             raise  # a bug, not a user error: the traceback is what a developer needs
         _exit_with(message)
-    metric = cfg.get("optimized_metric")
-    return metrics.get(metric) if metric else None
+    _write_result(output_dir, {"status": "finished", **result, "wall_time_s": time.perf_counter() - started})
+    value = float(result.get(cfg.get("optimized_metric"), math.nan))
+    return worst if math.isnan(value) else value
+
+
+def _write_result(output_dir: Path, result: dict) -> None:
+    if rank_zero_only.rank == 0:  # under DDP every process runs the task; one writes
+        write_json(output_dir / "metrics.json", result)
 
 
 def _exit_with(message: str) -> None:
-    log.error(message)
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(1)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from audio_cls.errors import ConfigError
 from audio_cls.module import AudioClassifier
-from audio_cls.runs import instantiate_group, log_hparams, run_task, scalar_metrics, write_json
+from audio_cls.runs import instantiate_group, log_hparams, run_task, scalar_metrics
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +55,12 @@ def train(cfg: DictConfig) -> dict:
             log.warning("No best checkpoint (checkpointing off or fast_dev_run): testing the last weights")
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(scalar_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
-    result = {"status": "finished", **metrics, "best_checkpoint": best, "class_names": module.class_names,
-              "test/confusion_matrix": module.test_confusion_matrix}
-    write_json(output_dir / "metrics.json", result)
     if trainer.is_global_zero:
         log_hparams(trainer.loggers, config, metrics)
         log.info("Metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         log.info("Run directory: %s", output_dir)
-    return metrics
+    return {**metrics, "best_checkpoint": best, "class_names": module.class_names,
+            "test/confusion_matrix": module.test_confusion_matrix}
 
 
 def check_shortest_input(net: torch.nn.Module, frames: int, num_features: int) -> None:
@@ -85,7 +83,7 @@ def loss_config(loss: dict, datamodule) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float | None:
+def main(cfg: DictConfig) -> float:
     return run_task(train, cfg, resuming=cfg.ckpt_path is not None)
 
 

@@ -20,16 +20,24 @@ class _ConvClassifier(nn.Module):
     """Blocks of [conv -> norm -> activation -> pool -> dropout], pooled over valid frames, then Linear.
 
     Settings that take a list give one value per block; a single value applies to every block.
+    `channels` is a list (one per block) or one width for `num_blocks` blocks, which lets a sweep
+    vary width and depth as two numbers.
     """
 
     dims: int  # 1 for Conv1d over time, 2 for Conv2d over (feat, time)
 
-    def __init__(self, in_features: int, num_classes: int, channels: list[int] = (64, 128, 128),
-                 kernel_size: int | list[int] = 5, stride: int | list[int] = 1,
+    def __init__(self, in_features: int, num_classes: int, channels: int | list[int] = (64, 128, 128),
+                 num_blocks: int | None = None, kernel_size: int | list[int] = 5, stride: int | list[int] = 1,
                  padding: int | str | list = "same", dilation: int | list[int] = 1,
                  activation: str = "relu", norm: str = "batch", pool_size: int | list[int] = 2,
                  dropout: float = 0.1, readout: str = "meanmax"):
         super().__init__()
+        if isinstance(channels, int):
+            if not num_blocks:
+                raise ConfigError(f"model.channels={channels} is one width: set model.num_blocks too")
+            channels = [channels] * num_blocks
+        elif num_blocks is not None and num_blocks != len(channels):
+            raise ConfigError(f"model.num_blocks={num_blocks} but model.channels lists {len(channels)} blocks")
         n = len(channels)
         self.blocks_spec = []
         for i, (k, s, p, d, ps) in enumerate(zip(
@@ -90,7 +98,7 @@ class _ConvClassifier(nn.Module):
                 spec = ", ".join(f"{k}={v}" for k, v in self.blocks_spec[i].items())
                 raise ConfigError(
                     f"model: an input of {shortest} frames shrinks to {n} frames after block {i} ({spec}); "
-                    f"use smaller model.kernel_size/stride/pool_size, fewer model.channels, or longer inputs")
+                    f"use smaller model.kernel_size/stride/pool_size, fewer blocks (model.channels, model.num_blocks) or longer inputs")
 
     def features_to_maps(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

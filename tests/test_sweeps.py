@@ -1,0 +1,114 @@
+"""Multiruns through the real entry point: grid, Optuna, failures, submitit, and the report command."""
+
+import csv
+import json
+import math
+
+import pytest
+import yaml
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+from conftest import run_entry
+
+
+def read_report(sweep_dir):
+    with (sweep_dir / "report.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def sweep(tmp_path, fsdd_slice, *overrides):
+    proc = run_entry("audio_cls.train", "-m", "debug=limit", f"data.root={fsdd_slice}",
+                     f"hydra.sweep.dir={tmp_path}", *overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return read_report(tmp_path)
+
+
+def hparams_logged(job_dir):
+    """The job's TensorBoard events hold an HPARAMS session (hyperparameters linked to metrics)."""
+    tags = set()
+    for events in (job_dir / "tensorboard").glob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(events)).Load():
+            tags |= {v.tag for v in event.summary.value if v.metadata.plugin_data.plugin_name == "hparams"}
+    return "_hparams_/session_start_info" in tags
+
+
+def test_grid_multirun_runs_every_combination_and_reports(tmp_path, fsdd_slice):
+    rows = sweep(tmp_path, fsdd_slice, "model=cnn1d,lstm", "optimizer.lr=0.001,0.003", "trainer.max_epochs=1")
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}
+    assert {(r["model"], r["optimizer.lr"]) for r in rows} == {
+        ("cnn1d", "0.001"), ("cnn1d", "0.003"), ("lstm", "0.001"), ("lstm", "0.003")}
+    values = [float(r["val/acc_best"]) for r in rows]
+    assert values == sorted(values, reverse=True)
+    for job in range(4):
+        metrics = json.loads((tmp_path / str(job) / "metrics.json").read_text())
+        assert metrics["status"] == "finished" and metrics["wall_time_s"] > 0
+        assert hparams_logged(tmp_path / str(job))  # every job is in TensorBoard's HPARAMS tab
+    assert (tmp_path / "report.png").stat().st_size > 1000
+    report = (tmp_path / "report.md").read_text()
+    assert "4 jobs: 4 finished, 0 failed" in report and "python -m audio_cls.train" in report
+
+
+def test_failing_jobs_are_reported_and_the_sweep_goes_on(tmp_path, fsdd_slice):
+    rows = sweep(tmp_path, fsdd_slice, "optimizer=sgd", "optimizer.lr=0.01,1e30", "model.kernel_size=3,999",
+                 "model.padding=valid", "model.pool_size=1")
+    by_params = {(r["optimizer.lr"], r["model.kernel_size"]): r for r in rows}
+    assert by_params[("0.01", "3")]["status"] == "finished"
+    assert by_params[("1e+30", "3")]["status"] == "failed"
+    assert "training loss is nan" in by_params[("1e+30", "3")]["error"]
+    assert by_params[("0.01", "999")]["status"] == "failed" and "shrinks" in by_params[("0.01", "999")]["error"]
+    assert rows[0]["status"] == "finished"  # finished jobs rank above failed ones
+    assert "4 jobs: 1 finished, 3 failed" in (tmp_path / "report.md").read_text()
+
+
+def test_optuna_sweep(tmp_path, fsdd_slice):
+    rows = sweep(tmp_path, fsdd_slice, "hparams_search=fsdd_optuna", "hydra.sweeper.n_trials=3")
+    assert len(rows) == 3
+    assert {"optimizer.lr", "model.channels", "model.dropout"} <= set(rows[0])
+    results = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    best = max(float(r["val/acc_best"]) for r in rows if r["status"] == "finished")
+    assert math.isclose(results["best_value"], best, abs_tol=1e-6)
+    assert results["best_params"]["optimizer.lr"] == pytest.approx(float(rows[0]["optimizer.lr"]))
+
+
+def test_submitit_local_launcher(tmp_path, fsdd_slice):
+    rows = sweep(tmp_path, fsdd_slice, "launcher=submitit_local", "model=cnn1d,lstm", "trainer.max_epochs=1")
+    assert sorted(r["model"] for r in rows) == ["cnn1d", "lstm"]
+    assert {r["status"] for r in rows} == {"finished"}
+    assert (tmp_path / ".submitit").is_dir()
+
+
+def make_job(sweep_dir, num, overrides, metrics=None):
+    job = sweep_dir / str(num)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
+        {"optimized_metric": "val/acc_best", "optimized_direction": "maximize"}))
+    if metrics is not None:
+        (job / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_report_command_on_a_prepared_sweep(tmp_path):
+    accs = {("cnn1d", 1): 0.90, ("cnn1d", 2): 0.92, ("cnn1d", 3): 0.94,
+            ("lstm", 1): 0.80, ("lstm", 2): 0.82, ("lstm", 3): 0.84}
+    for num, ((model, seed), acc) in enumerate(accs.items()):
+        make_job(tmp_path, num, [f"model={model}", f"seed={seed}"],
+                 {"status": "finished", "val/acc_best": acc, "test/acc": acc - 0.1, "wall_time_s": 10 + num})
+    make_job(tmp_path, 6, ["model=cnn2d", "seed=1"], {"status": "failed", "error": "boom", "wall_time_s": 1})
+    make_job(tmp_path, 7, ["model=cnn2d", "seed=2"])  # killed: no metrics.json
+    proc = run_entry("audio_cls.report", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    rows = read_report(tmp_path)
+    assert [r["job"] for r in rows[:6]] == ["2", "1", "0", "5", "4", "3"]
+    assert [r["status"] for r in rows[6:]] == ["failed", "incomplete"]
+    assert rows[6]["error"] == "boom"
+    report = (tmp_path / "report.md").read_text()
+    assert "8 jobs: 6 finished, 1 failed, 1 incomplete" in report
+    assert "| model=cnn1d | 3 | 0.9200 ± 0.0200 |" in report  # mean +- std over seeds
+    assert "| model=lstm | 3 | 0.8200 ± 0.0200 |" in report
+    assert "python -m audio_cls.train model=cnn1d seed=3" in report
+    assert (tmp_path / "report.png").is_file()
+
+
+def test_report_command_on_a_directory_without_jobs(tmp_path):
+    proc = run_entry("audio_cls.report", str(tmp_path))
+    assert proc.returncode == 1 and "no job directories" in proc.stderr
