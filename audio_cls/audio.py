@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
@@ -48,6 +49,8 @@ def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
         raise DataError(f"{path}: soundfile cannot read it ({_short(err)})") from None
     if data.shape[0] == 0:
         raise DataError(f"{path}: the recording is empty (0 samples)")
+    if not np.isfinite(data).all():
+        raise DataError(f"{path}: contains {int((~np.isfinite(data)).sum())} NaN or infinite samples")
     waveform = torch.from_numpy(data).mean(dim=1)
     if file_rate != sample_rate:
         waveform = _resampler(int(file_rate), int(sample_rate))(waveform)

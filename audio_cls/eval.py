@@ -13,6 +13,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from audio_cls.config_checks import check_config
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.module import AudioClassifier
 from audio_cls.runs import instantiate_group, run_task, scalar_metrics
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def evaluate(cfg: DictConfig) -> dict:
+    check_config(cfg)
     ckpt = Path(cfg.ckpt_path)
     if not ckpt.is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such file")

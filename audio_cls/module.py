@@ -68,6 +68,7 @@ class AudioClassifier(L.LightningModule):
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run keeps its best
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
         self.test_confusion_matrix: list[list[int]] | None = None  # filled at the end of testing
 
@@ -104,15 +105,12 @@ class AudioClassifier(L.LightningModule):
                                    f"or set trainer.gradient_clip_val")
         return loss
 
-    def on_train_start(self) -> None:
-        self.val_acc_best.reset()  # the sanity check's accuracy is no result
-
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._shared_step(batch, self.val_metrics, "val")
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            return
+            return  # the sanity check's accuracy is no result
         self.val_acc_best.update(self.val_metrics["acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 

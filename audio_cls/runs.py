@@ -7,6 +7,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import signal
 import sys
 import time
 import traceback
@@ -21,7 +23,9 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from audio_cls.errors import AudioClsError, ConfigError
 
@@ -80,12 +84,19 @@ def log_hparams(loggers: list, config: dict, metrics: dict[str, float]) -> None:
         logger.finalize("success")
 
 
-def user_error(err: BaseException) -> AudioClsError | None:
-    """The AudioClsError behind `err` (Hydra wraps errors raised while instantiating), if any."""
-    while err is not None:
-        if isinstance(err, AudioClsError):
-            return err
-        err = err.__cause__
+def user_message(err: BaseException) -> str | None:
+    """One line for an error the user can fix (ours, wrapped by Hydra's instantiate or re-raised from a
+    DataLoader worker, or an OmegaConf config error); None for a bug."""
+    cause = err
+    while cause is not None:
+        if isinstance(cause, (AudioClsError, OmegaConfBaseException)):
+            lines = [line for line in str(cause).splitlines() if line.strip()]
+            if "Original Traceback" in str(cause):  # from a DataLoader worker: the original message is last
+                return lines[-1].split(": ", 1)[-1]
+            return lines[0] if lines else type(cause).__name__
+        cause = cause.__cause__
+    if isinstance(err, InstantiationException):
+        return " ".join(str(err).split())
     return None
 
 
@@ -96,6 +107,20 @@ def refuse_to_overwrite(output_dir: Path) -> None:
     if earlier:
         raise ConfigError(f"hydra.run.dir={output_dir} already holds an earlier run ({', '.join(earlier[:3])}); "
                           f"pass ckpt_path=last to resume it, or choose a new hydra.run.dir")
+
+
+def check_writable(output_dir: Path) -> None:
+    """Fail now, not after an hour of training, if the run directory cannot take files."""
+    probe = output_dir / ".write_probe"
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"hydra.run.dir={output_dir}: cannot write there ({err.strerror})") from None
+    free_gb = shutil.disk_usage(output_dir).free / 2**30
+    if free_gb < 1:
+        log.warning("Only %.2f GB free under %s: checkpoints may not fit", free_gb, output_dir)
 
 
 def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig, resuming: bool = False) -> float:
@@ -115,6 +140,7 @@ def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig, resuming: bool
     try:
         if not resuming:
             refuse_to_overwrite(output_dir)
+        check_writable(output_dir)
     except ConfigError as err:
         if multirun:
             log.error(str(err))
@@ -122,16 +148,21 @@ def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig, resuming: bool
         _exit_with(str(err))
     try:
         result = task(cfg)
+    except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (Lightning's SIGTERMException)
+        _write_result(output_dir, {"status": "interrupted", "error": f"{type(err).__name__}; resume with "
+                                   f"ckpt_path=last hydra.run.dir={output_dir}",
+                                   "wall_time_s": time.perf_counter() - started})
+        if isinstance(err, SIGTERMException):
+            raise SystemExit(128 + signal.SIGTERM) from None  # Lightning exits 0 here; a scheduler must see it
+        raise
     except Exception as err:
-        mine = user_error(err)
-        message = str(mine) if mine else (str(err).splitlines()[0] if isinstance(err, InstantiationException)
-                                          else None)
+        message = user_message(err)
         if rank_zero_only.rank == 0:
             (output_dir / "traceback.txt").write_text(traceback.format_exc())
         _write_result(output_dir, {"status": "failed", "error": message or f"{type(err).__name__}: {err}",
                                    "wall_time_s": time.perf_counter() - started})
-        log.error("Failed: %s (traceback in %s)", message or repr(err), output_dir / "traceback.txt")
         if multirun:
+            log.error("Job failed: %s (traceback in %s)", message or repr(err), output_dir / "traceback.txt")
             return worst
         if message is None:
             raise  # a bug, not a user error: the traceback is what a developer needs

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from audio_cls.config_checks import check_config
 from audio_cls.errors import ConfigError
 from audio_cls.module import AudioClassifier
 from audio_cls.runs import instantiate_group, log_hparams, run_task, scalar_metrics
@@ -24,6 +26,7 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict:
+    check_config(cfg)  # before any data is read
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
@@ -32,9 +35,15 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data, features=features)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    if datamodule.skipped:
+        with (output_dir / "skipped_files.csv").open("w", newline="") as f:
+            csv.writer(f).writerows([("path", "reason"), *datamodule.skipped])
 
     net = instantiate(cfg.model, in_features=features.num_features, num_classes=datamodule.num_classes)
-    check_shortest_input(net, datamodule.min_frames, features.num_features)
+    try:
+        check_shortest_input(net, datamodule.min_frames, features.num_features)
+    except ConfigError as err:
+        raise ConfigError(f"{err} (the shortest recording is {datamodule.shortest_path})") from None
     config = OmegaConf.to_container(cfg, resolve=True)
     module = AudioClassifier(net, datamodule.features, datamodule.class_names, optimizer=config["optimizer"],
                              scheduler=config["scheduler"], loss=loss_config(config["loss"], datamodule),
@@ -59,7 +68,7 @@ def train(cfg: DictConfig) -> dict:
         log_hparams(trainer.loggers, config, metrics)
         log.info("Metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         log.info("Run directory: %s", output_dir)
-    return {**metrics, "best_checkpoint": best, "class_names": module.class_names,
+    return {**metrics, "skipped_files": len(datamodule.skipped), "best_checkpoint": best, "class_names": module.class_names,
             "test/confusion_matrix": module.test_confusion_matrix}
 
 

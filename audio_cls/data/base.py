@@ -18,10 +18,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audio_cls.audio import audio_info, load_audio
-from audio_cls.errors import DataError
+from audio_cls.errors import ConfigError, DataError
 from audio_cls.features import FeatureExtractor, GlobalNorm
 
 log = logging.getLogger(__name__)
@@ -65,20 +65,28 @@ class AudioDataset(Dataset):
     """
 
     def __init__(self, items: list[Item], class_to_index: dict[str, int], sample_rate: int,
-                 features: FeatureExtractor, num_samples: int | None = None, random_crop: bool = False):
+                 features: FeatureExtractor, num_samples: int | None = None, random_crop: bool = False,
+                 skip_bad_files: bool = False):
         self.items = items
         self.class_to_index = class_to_index
         self.sample_rate = sample_rate
         self.features = features
         self.num_samples = num_samples
         self.random_crop = random_crop
+        self.skip_bad_files = skip_bad_files
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> dict | None:
         item = self.items[index]
-        waveform = load_audio(item.path, self.sample_rate)
+        try:
+            waveform = load_audio(item.path, self.sample_rate)
+        except DataError as err:
+            if not self.skip_bad_files:
+                raise
+            log.warning("Skipping %s", err)  # found only on reading, e.g. NaN samples; pad_collate drops it
+            return None
         if self.num_samples is not None:
             waveform = crop_or_pad(waveform, self.num_samples, self.random_crop)
         with torch.no_grad():
@@ -95,14 +103,42 @@ def crop_or_pad(waveform: torch.Tensor, num_samples: int, random_crop: bool) -> 
     return waveform[start : start + num_samples]
 
 
-def pad_collate(items: list[dict]) -> dict:
-    """Pad features to the longest item in the batch; `lengths` counts each item's valid frames."""
+def pad_collate(items: list[dict | None]) -> dict:
+    """Pad features to the longest item in the batch; `lengths` counts each item's valid frames.
+    Items that could not be read (None, with data.on_bad_file=skip) are left out."""
+    items = [it for it in items if it is not None]
+    if not items:
+        raise DataError("every recording of a batch was unreadable (data.on_bad_file=skip)")
     inputs = [it["inputs"] for it in items]
     return {
         "inputs": torch.nn.utils.rnn.pad_sequence(inputs, batch_first=True),
         "lengths": torch.tensor([x.shape[0] for x in inputs]),
         "targets": torch.tensor([it["target"] for it in items]),
     }
+
+
+class EpochShuffler(Sampler):
+    """A random order that depends only on (seed, epoch).
+
+    Lightning calls `set_epoch` before every epoch, so a resumed run draws the same order as an
+    uninterrupted one, and shuffling takes nothing from the global RNG, which keeps dropout masks
+    aligned after a resume too. The seed defaults to torch's initial seed (set by `seed`).
+    """
+
+    def __init__(self, size: int, seed: int | None = None):
+        self.size = size
+        self.seed = torch.initial_seed() if seed is None else seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)) % 2**63)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class AudioDataModule(L.LightningDataModule):
@@ -116,12 +152,17 @@ class AudioDataModule(L.LightningDataModule):
         batch_size, num_workers, pin_memory, shuffle: DataLoader settings (batch_size is per device).
         split_seed: seed of the rules that carve validation sets, fixed apart from the training seed so
             that `seed=1,2,3` repeats the same experiment on the same split.
+        on_bad_file: "error" stops at the first file that cannot be used, naming it; "skip" leaves such
+            files out, warns with their count and lists them in `skipped` (train.py writes
+            skipped_files.csv into the run directory).
     """
 
     def __init__(self, features: FeatureExtractor, sample_rate: int, duration: float | None = None,
                  batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False, shuffle: bool = True,
-                 split_seed: int = 0):
+                 split_seed: int = 0, on_bad_file: str = "error"):
         super().__init__()
+        if on_bad_file not in ("error", "skip"):
+            raise ConfigError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
         if batch_size < 1:
             raise DataError(f"data.batch_size={batch_size}: must be a positive integer")
         # A copy of its own that stays on the CPU for the DataLoader workers, whatever device
@@ -134,6 +175,8 @@ class AudioDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.shuffle = shuffle
         self.split_seed = split_seed
+        self.on_bad_file = on_bad_file
+        self.skipped: list[tuple[str, str]] = []  # (path, reason) of files left out
         self.splits: dict[str, list[Item]] | None = None
         self.class_names: list[str] = []
 
@@ -164,22 +207,34 @@ class AudioDataModule(L.LightningDataModule):
         for split in SPLITS:
             if split not in self.splits:
                 raise DataError(f"{type(self).__name__}.build_splits returned no {split!r} split")
+        # Read every header once now, so a broken file fails at start-up, not in epoch 7.
+        shortest = None
+        for split in SPLITS:
+            usable = []
+            for item in self.splits[split]:
+                try:
+                    info = audio_info(item.path)
+                except DataError as err:
+                    if self.on_bad_file == "error":
+                        raise
+                    self.skipped.append((item.path, str(err)))
+                    continue
+                usable.append(item)
+                samples = round(info.frames * self.sample_rate / info.samplerate)
+                if shortest is None or samples < shortest[0]:
+                    shortest = (samples, item.path)
+            self.splits[split] = usable
+        if self.skipped:
+            log.warning("Skipped %d files that cannot be read (data.on_bad_file=skip), e.g. %s",
+                        len(self.skipped), self.skipped[0][1])
         if not self.splits["train"]:
             raise DataError(f"{type(self).__name__}: the training split is empty")
+        self.shortest_samples, self.shortest_path = shortest
         self.class_names = sorted({item.label for item in self.splits["train"]})
         for split in ("val", "test"):
             unknown = sorted({it.label for it in self.splits[split]} - set(self.class_names))
             if unknown:
                 raise DataError(f"labels {unknown} occur in the {split} split but not in training")
-        # Read every header once now, so a broken file fails at start-up, not in epoch 7.
-        shortest = None
-        for split in SPLITS:
-            for item in self.splits[split]:
-                info = audio_info(item.path)
-                samples = round(info.frames * self.sample_rate / info.samplerate)
-                if shortest is None or samples < shortest[0]:
-                    shortest = (samples, item.path)
-        self.shortest_samples, self.shortest_path = shortest
         log.info("Data: %s, classes %d; %s", type(self).__name__, self.num_classes,
                  ", ".join(f"{s} {len(self.splits[s])} files" for s in SPLITS))
 
@@ -193,13 +248,16 @@ class AudioDataModule(L.LightningDataModule):
         """The split as a Dataset whose items are (frames, feat) features computed on the CPU."""
         index = {name: i for i, name in enumerate(self.class_names)}
         return AudioDataset(self.splits[split], index, self.sample_rate, self.features, self.num_samples,
-                            random_crop=split == "train")
+                            random_crop=split == "train", skip_bad_files=self.on_bad_file == "skip")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(split)
+        # Worker seeds come from a generator of the loader's own, not from the global RNG (see EpochShuffler).
         return DataLoader(
-            self.dataset(split), batch_size=self.batch_size, shuffle=shuffle, collate_fn=pad_collate,
-            num_workers=self.num_workers, pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0 and split == "train")
+            dataset, batch_size=self.batch_size, sampler=EpochShuffler(len(dataset)) if shuffle else None,
+            collate_fn=pad_collate, num_workers=self.num_workers, pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0 and split == "train",
+            generator=torch.Generator().manual_seed(torch.initial_seed()))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=self.shuffle)

@@ -1,0 +1,110 @@
+"""Check a composed config before any data is read: every value against the type its `_target_`
+declares, a few ranges, and no missing (`???`) values. Each problem is one line naming the key."""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+from collections.abc import Mapping, Sequence
+
+import torch
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from audio_cls.errors import ConfigError
+
+# Groups whose nodes are built by `_target_`: their values are checked against its signature.
+TARGET_GROUPS = ("data", "features", "model", "loss", "optimizer", "scheduler")
+POSITIVE = ("data.batch_size", "data.sample_rate", "data.duration", "trainer.max_epochs", "optimizer.lr",
+            "features.n_fft", "features.hop_length", "features.win_length", "features.n_mels", "features.n_mfcc",
+            "features.frame_length", "model.hidden_size", "model.num_layers", "model.num_blocks")
+NON_NEGATIVE = ("data.num_workers", "model.dropout", "optimizer.weight_decay", "loss.label_smoothing",
+                "data.val_fraction")
+
+
+def check_config(cfg: DictConfig) -> None:
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        reason = str(err).splitlines()[0]
+        raise ConfigError(f"{key}: {reason}" if key and key not in reason else reason) from None
+    for group in TARGET_GROUPS:
+        node = config.get(group)
+        if isinstance(node, dict) and "_target_" in node:
+            check_types(node, group)
+    for key in POSITIVE + NON_NEGATIVE:
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if value < 0 or (value == 0 and key in POSITIVE):
+                raise ConfigError(f"{key}={value}: must be {'positive' if key in POSITIVE else 'non-negative'}")
+
+
+def check_types(node: dict, group: str) -> None:
+    """Compare each value of a `_target_` node with the annotation of that argument."""
+    try:
+        target = get_object(node["_target_"])
+    except Exception:
+        raise ConfigError(f"{group}._target_={node['_target_']}: cannot be imported") from None
+    hints, parameters, accepts_any = signature_of(target)
+    for name, value in node.items():
+        if name.startswith("_"):
+            continue
+        if name not in parameters and not accepts_any:
+            raise ConfigError(f"{group}.{name}: {node['_target_']} takes no such argument")
+        if name in hints and value is not None and not matches(value, hints[name]):
+            raise ConfigError(f"{group}.{name}={value!r}: expected {describe(hints[name])}")
+
+
+def signature_of(target) -> tuple[dict, dict, bool]:
+    """Annotations and parameters of a callable or class, following **kwargs up the class hierarchy
+    (a dataset's own arguments plus those it passes on to AudioDataModule)."""
+    hints, parameters = {}, {}
+    inits = [c.__dict__["__init__"] for c in inspect.getmro(target) if "__init__" in c.__dict__] \
+        if inspect.isclass(target) else [target]
+    for init in inits:
+        try:
+            own = inspect.signature(init).parameters
+            found = typing.get_type_hints(init)
+        except Exception:  # builtins or annotations that do not evaluate: nothing more to check against
+            return hints, parameters, True
+        hints = {**found, **hints}
+        parameters = {**{k: p for k, p in own.items() if p.kind is not p.VAR_KEYWORD}, **parameters}
+        if not any(p.kind is p.VAR_KEYWORD for p in own.values()):
+            return hints, parameters, False
+    return hints, parameters, True
+
+
+def matches(value, hint) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is typing.Any or hint is inspect.Parameter.empty:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(matches(value, a) for a in args)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint is torch.Tensor:
+        return False  # a config holds numbers and lists, never tensors
+    if origin in (list, tuple, Sequence) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        item = args[0] if args and args[-1] is not Ellipsis and len(args) == 1 else (
+            args[0] if args else typing.Any)
+        return all(matches(v, item) for v in value)
+    if origin in (dict, Mapping) or hint is dict:
+        return isinstance(value, dict)
+    return True  # classes, callables, ...: not something a YAML value can be checked against
+
+
+def describe(hint) -> str:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(describe(a) for a in typing.get_args(hint) if a is not torch.Tensor)
+    return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))
