@@ -2,7 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test train sweep report tensorboard clean
+.PHONY: install test train sweep report bench tensorboard clean
 
 install:  ## create .venv and install the package with its dev extras
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,11 @@ sweep:  ## a small ready-made sweep on FSDD (2 networks x 2 learning rates); wri
 
 report:  ## rewrite the report of a sweep: make report DIR=logs/train/multiruns/<sweep>
 	$(BIN)/python -m audio_cls.report $(DIR)
+
+bench:  ## benchmarks (not tests): feature extraction, training overhead, cache, time to 97%; tables on stdout
+	$(BIN)/pip install -q -e '.[bench]'
+	cd benchmarks && ../$(BIN)/python bench_features.py && ../$(BIN)/python bench_training.py \
+		&& ../$(BIN)/python bench_time_to_accuracy.py --placement cache && ../$(BIN)/python bench_time_to_accuracy.py --placement worker
 
 tensorboard:  ## serve the TensorBoard logs of every run under logs/
 	$(BIN)/tensorboard --logdir logs --bind_all

@@ -9,10 +9,16 @@ Normalization is part of the extractor, so it travels with the checkpoint:
   none       features as computed
   utterance  per recording, per feature: zero mean, unit variance over its valid frames
   global     per feature, with mean and std measured on the training set (`GlobalNorm.fit`)
+
+Where features are computed (`placement`), one switch for the whole pipeline:
+  worker     per recording in the DataLoader workers, on the CPU
+  device     batched on the accelerator, in AudioClassifier.on_after_batch_transfer
+  cache      once, stored on disk and reused until the extractor or the files change (AudioDataModule)
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Iterable
 
 import torch
@@ -22,6 +28,7 @@ from torch import nn
 from audio_cls.errors import ConfigError
 
 NORMALIZATIONS = ("none", "utterance", "global")
+PLACEMENTS = ("worker", "device", "cache")
 
 
 def frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -84,16 +91,23 @@ class GlobalNorm(nn.Module):
 
 
 class FeatureExtractor(nn.Module):
-    """Base class: subclasses define `num_features`, `num_frames` and `compute` (no normalization)."""
+    """Base class: subclasses define `num_features`, `num_frames` and `compute` (no normalization).
+
+    Every extractor also takes `normalize` (none | utterance | global) and `placement`
+    (worker | device | cache), described at the top of this module.
+    """
 
     num_features: int
 
-    def __init__(self, num_features: int, normalize: str = "none"):
+    def __init__(self, num_features: int, normalize: str = "none", placement: str = "worker"):
         super().__init__()
         if normalize not in NORMALIZATIONS:
             raise ConfigError(f"features.normalize={normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
+        if placement not in PLACEMENTS:
+            raise ConfigError(f"features.placement={placement!r}: expected one of {', '.join(PLACEMENTS)}")
         self.num_features = num_features
         self.normalize = normalize
+        self.placement = placement
         self.norm = {"none": None, "utterance": UtteranceNorm(), "global": GlobalNorm(num_features)}[normalize]
 
     def num_frames(self, num_samples: torch.Tensor | int) -> torch.Tensor | int:
@@ -112,13 +126,28 @@ class FeatureExtractor(nn.Module):
         wave = waveform.unsqueeze(0) if single else waveform
         with torch.autocast(device_type=wave.device.type, enabled=False):
             x = self.compute(wave.float())
-            if self.norm is not None:
-                if lengths is None:
-                    frames = torch.full((x.shape[0],), x.shape[1], device=x.device)
-                else:
-                    frames = self.num_frames(lengths).clamp(max=x.shape[1])
-                x = self.norm(x, frames)
+            frames = None if lengths is None else self.num_frames(lengths).clamp(max=x.shape[1])
+            x = self.apply_norm(x, frames)
         return x[0] if single else x
+
+    def apply_norm(self, x: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Normalize computed features (batch, frames, feat) with `frames` valid frames per item
+        (all of them when None); the cache stores features before this step."""
+        if self.norm is None:
+            return x
+        if frames is None:
+            frames = torch.full((x.shape[0],), x.shape[1], device=x.device)
+        return self.norm(x, frames)
+
+    def fingerprint(self, sample_rate: int) -> str:
+        """A hash of what this extractor computes (before normalization): its class and its output on
+        a fixed probe signal, so any setting that changes the features changes the fingerprint."""
+        probe = torch.sin(torch.linspace(0, 2000, sample_rate)) * torch.linspace(0, 1, sample_rate)
+        with torch.no_grad():
+            out = self.compute(probe[None].float()).contiguous()
+        digest = hashlib.sha256(f"{type(self).__qualname__}:{sample_rate}:{tuple(out.shape)}".encode())
+        digest.update(out.numpy().tobytes())
+        return digest.hexdigest()
 
 
 class _StftFrames(FeatureExtractor):
@@ -128,8 +157,8 @@ class _StftFrames(FeatureExtractor):
     reflect padding would fail on recordings shorter than n_fft / 2.
     """
 
-    def __init__(self, num_features: int, hop_length: int, normalize: str):
-        super().__init__(num_features, normalize)
+    def __init__(self, num_features: int, hop_length: int, **common):
+        super().__init__(num_features, **common)
         self.hop_length = hop_length
 
     def num_frames(self, num_samples):
@@ -144,8 +173,8 @@ class RawWaveform(FeatureExtractor):
     with a long first kernel. The last partial frame is zero-padded.
     """
 
-    def __init__(self, frame_length: int = 1, normalize: str = "none"):
-        super().__init__(frame_length, normalize)
+    def __init__(self, frame_length: int = 1, **common):
+        super().__init__(frame_length, **common)
         self.frame_length = frame_length
 
     def num_frames(self, num_samples):
@@ -161,9 +190,9 @@ class Spectrogram(_StftFrames):
     """|STFT|^power in dB (log=True) or linear: (…, frames, n_fft // 2 + 1)."""
 
     def __init__(self, n_fft: int = 256, win_length: int | None = None, hop_length: int | None = None,
-                 power: float = 2.0, log: bool = True, normalize: str = "none"):
+                 power: float = 2.0, log: bool = True, **common):
         hop_length = hop_length or (win_length or n_fft) // 2
-        super().__init__(n_fft // 2 + 1, hop_length, normalize)
+        super().__init__(n_fft // 2 + 1, hop_length, **common)
         self.spectrogram = T.Spectrogram(n_fft=n_fft, win_length=win_length, hop_length=hop_length, power=power,
                                          pad_mode="constant")
         # top_db=None: clamping relative to a batch maximum would make a clip's features depend on its batch.
@@ -181,9 +210,9 @@ class LogMel(_StftFrames):
 
     def __init__(self, sample_rate: int, n_fft: int = 256, win_length: int | None = None,
                  hop_length: int | None = None, n_mels: int = 64, f_min: float = 0.0,
-                 f_max: float | None = None, normalize: str = "none"):
+                 f_max: float | None = None, **common):
         hop_length = hop_length or (win_length or n_fft) // 2
-        super().__init__(n_mels, hop_length, normalize)
+        super().__init__(n_mels, hop_length, **common)
         self.mel = T.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, win_length=win_length,
                                     hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
                                     pad_mode="constant")
@@ -198,9 +227,9 @@ class MFCC(_StftFrames):
 
     def __init__(self, sample_rate: int, n_mfcc: int = 20, n_fft: int = 256, win_length: int | None = None,
                  hop_length: int | None = None, n_mels: int = 64, f_min: float = 0.0,
-                 f_max: float | None = None, normalize: str = "none"):
+                 f_max: float | None = None, **common):
         hop_length = hop_length or (win_length or n_fft) // 2
-        super().__init__(n_mfcc, hop_length, normalize)
+        super().__init__(n_mfcc, hop_length, **common)
         melkwargs = dict(n_fft=n_fft, win_length=win_length, hop_length=hop_length,
                          n_mels=n_mels, f_min=f_min, f_max=f_max, pad_mode="constant")
         # log_mels=True: log(mel + 1e-6) per value, independent of the rest of the batch.

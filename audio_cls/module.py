@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import copy
+import warnings
 
 import lightning as L
 import torch
@@ -27,6 +28,9 @@ from audio_cls.errors import TrainingDiverged
 from audio_cls.features import FeatureExtractor
 
 Spec = Mapping | Callable
+
+# Lightning warns whenever a LightningModule overrides this hook next to a datamodule; ours is deliberate.
+warnings.filterwarnings("ignore", message="You have overridden `on_after_batch_transfer`")
 
 
 def build(spec: Spec, *args, **kwargs):
@@ -82,6 +86,16 @@ class AudioClassifier(L.LightningModule):
         weight = loss.pop("weight", None)
         kwargs = {"weight": torch.tensor(weight, dtype=torch.float32)} if weight is not None else {}
         return instantiate(loss, **kwargs)
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """With features.placement=device, batches hold padded waveforms: extract features here, batched,
+        on the accelerator (in float32, also under mixed precision)."""
+        if self.features is not None and self.features.placement == "device":
+            lengths = batch["lengths"]
+            with torch.no_grad():
+                inputs = self.features(batch["inputs"], lengths)
+            batch = {**batch, "inputs": inputs, "lengths": self.features.num_frames(lengths)}
+        return batch
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.net(inputs, lengths)

@@ -10,7 +10,10 @@ labelled files of each split; everything else (checks, features, batching) lives
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
+import os
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -58,15 +61,20 @@ def stratified_split(items: list[Item], fraction: float, seed: int) -> tuple[lis
 
 
 class AudioDataset(Dataset):
-    """Items -> {"inputs": (frames, feat) features, "target": class index}.
+    """Items -> {"inputs": ..., "target": class index}, where `inputs` is what the feature placement needs:
 
-    With `num_samples` set, waveforms are cropped or zero-padded to that many samples
-    (a random crop when `random_crop`, else the centre) before feature extraction.
+        "features"      (frames, feat) computed here, in the DataLoader worker   (placement=worker)
+        "waveform"      (samples,), for batched extraction on the device         (placement=device)
+        "raw_features"  (frames, feat) before normalization, to fill the cache
+        "cached"        (frames, feat) from `cached` (raw features), normalized here (placement=cache)
+
+    With `num_samples` set, recordings are cropped or zero-padded to that length (a random crop when
+    `random_crop`, else the centre): on the waveform, or on the frames of cached features.
     """
 
     def __init__(self, items: list[Item], class_to_index: dict[str, int], sample_rate: int,
                  features: FeatureExtractor, num_samples: int | None = None, random_crop: bool = False,
-                 skip_bad_files: bool = False):
+                 skip_bad_files: bool = False, returns: str = "features", cached: list | None = None):
         self.items = items
         self.class_to_index = class_to_index
         self.sample_rate = sample_rate
@@ -74,12 +82,20 @@ class AudioDataset(Dataset):
         self.num_samples = num_samples
         self.random_crop = random_crop
         self.skip_bad_files = skip_bad_files
+        self.returns = returns
+        self.cached = cached
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict | None:
         item = self.items[index]
+        target = self.class_to_index.get(item.label, -1)
+        if self.returns == "cached":
+            x = self.cached[index]
+            if self.num_samples is not None:
+                x = crop_or_pad(x, int(self.features.num_frames(self.num_samples)), self.random_crop)
+            return {"inputs": self.features.apply_norm(x[None])[0], "target": target}
         try:
             waveform = load_audio(item.path, self.sample_rate)
         except DataError as err:
@@ -87,25 +103,28 @@ class AudioDataset(Dataset):
                 raise
             log.warning("Skipping %s", err)  # found only on reading, e.g. NaN samples; pad_collate drops it
             return None
-        if self.num_samples is not None:
+        if self.num_samples is not None and self.returns != "raw_features":
             waveform = crop_or_pad(waveform, self.num_samples, self.random_crop)
+        if self.returns == "waveform":
+            return {"inputs": waveform, "target": target}
         with torch.no_grad():
-            inputs = self.features(waveform)
-        return {"inputs": inputs, "target": self.class_to_index[item.label]}
+            x = self.features(waveform) if self.returns == "features" else self.features.compute(waveform[None])[0]
+        return {"inputs": x, "target": target}
 
 
-def crop_or_pad(waveform: torch.Tensor, num_samples: int, random_crop: bool) -> torch.Tensor:
-    """(samples,) -> (num_samples,): zero-pad at the end, or crop (random or centred)."""
-    excess = waveform.shape[-1] - num_samples
+def crop_or_pad(x: torch.Tensor, length: int, random_crop: bool) -> torch.Tensor:
+    """Crop or zero-pad the first axis of `x` ((samples,) or (frames, feat)) to `length`."""
+    excess = x.shape[0] - length
     if excess <= 0:
-        return torch.nn.functional.pad(waveform, (0, -excess))
+        return torch.cat([x, x.new_zeros((-excess, *x.shape[1:]))])
     start = int(torch.randint(0, excess + 1, ())) if random_crop else excess // 2
-    return waveform[start : start + num_samples]
+    return x[start : start + length]
 
 
 def pad_collate(items: list[dict | None]) -> dict:
-    """Pad features to the longest item in the batch; `lengths` counts each item's valid frames.
-    Items that could not be read (None, with data.on_bad_file=skip) are left out."""
+    """Pad `inputs` ((frames, feat) features or (samples,) waveforms) to the longest item in the batch;
+    `lengths` counts each item's valid frames or samples. Items that could not be read (None, with
+    data.on_bad_file=skip) are left out."""
     items = [it for it in items if it is not None]
     if not items:
         raise DataError("every recording of a batch was unreadable (data.on_bad_file=skip)")
@@ -152,6 +171,8 @@ class AudioDataModule(L.LightningDataModule):
         batch_size, num_workers, pin_memory, shuffle: DataLoader settings (batch_size is per device).
         split_seed: seed of the rules that carve validation sets, fixed apart from the training seed so
             that `seed=1,2,3` repeats the same experiment on the same split.
+        cache_dir: where `features.placement=cache` keeps computed features, one file per split, named by
+            a hash of the extractor and of the split's files (path, size, modification time).
         on_bad_file: "error" stops at the first file that cannot be used, naming it; "skip" leaves such
             files out, warns with their count and lists them in `skipped` (train.py writes
             skipped_files.csv into the run directory).
@@ -159,12 +180,12 @@ class AudioDataModule(L.LightningDataModule):
 
     def __init__(self, features: FeatureExtractor, sample_rate: int, duration: float | None = None,
                  batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False, shuffle: bool = True,
-                 split_seed: int = 0, on_bad_file: str = "error"):
+                 split_seed: int = 0, on_bad_file: str = "error", cache_dir: str = "cache"):
         super().__init__()
         if on_bad_file not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
         if batch_size < 1:
-            raise DataError(f"data.batch_size={batch_size}: must be a positive integer")
+            raise ConfigError(f"data.batch_size={batch_size}: must be a positive integer")
         # A copy of its own that stays on the CPU for the DataLoader workers, whatever device
         # the LightningModule later moves its extractor to.
         self.features = copy.deepcopy(features)
@@ -176,6 +197,8 @@ class AudioDataModule(L.LightningDataModule):
         self.shuffle = shuffle
         self.split_seed = split_seed
         self.on_bad_file = on_bad_file
+        self.cache_dir = Path(cache_dir)
+        self.cached: dict[str, list[torch.Tensor]] = {}
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of files left out
         self.splits: dict[str, list[Item]] | None = None
         self.class_names: list[str] = []
@@ -198,10 +221,46 @@ class AudioDataModule(L.LightningDataModule):
         if self.splits is None:
             self.splits = self.build_splits()
             self._check_splits()
+            if self.features.placement == "cache":
+                for split in SPLITS:
+                    self.cached[split] = self._cached_features(split)
         norm = self.features.norm
         if stage in (None, "fit") and isinstance(norm, GlobalNorm) and not bool(norm.fitted):
             log.info("Measuring global feature statistics on %d training files", len(self.splits["train"]))
-            norm.fit((b["inputs"], b["lengths"]) for b in self._loader("train", shuffle=False))
+            norm.fit(self._feature_batches("train"))
+
+    def _feature_batches(self, split: str):
+        """(features, frame lengths) batches of a split, whatever the placement (extracted here for
+        placement=device)."""
+        for batch in self._loader(split, shuffle=False):
+            if self.features.placement == "device":
+                yield self.features(batch["inputs"], batch["lengths"]), self.features.num_frames(batch["lengths"])
+            else:
+                yield batch["inputs"], batch["lengths"]
+
+    def _cached_features(self, split: str) -> list[torch.Tensor]:
+        """The split's un-normalized features, from the cache file if it matches, else computed (in the
+        DataLoader workers) and stored atomically."""
+        items = self.splits[split]
+        files = [(it.path, *_size_and_mtime(it.path)) for it in items]
+        key = hashlib.sha256(json.dumps({"features": self.features.fingerprint(self.sample_rate),
+                                         "sample_rate": self.sample_rate, "files": files}).encode()).hexdigest()
+        path = self.cache_dir / f"{type(self).__name__}-{split}-{key[:24]}.pt"
+        if path.is_file():
+            log.info("Features of the %s split (%d files) from %s", split, len(items), path)
+            return torch.load(path, weights_only=True)
+        log.info("Computing features of the %s split (%d files) for %s", split, len(items), path)
+        dataset = self.dataset(split, returns="raw_features")
+        loader = DataLoader(dataset, batch_size=32, num_workers=self.num_workers, collate_fn=list)
+        computed = [it["inputs"] if it is not None else None for batch in loader for it in batch]
+        if any(x is None for x in computed):  # files found bad on reading (skip mode): leave them out
+            self.splits[split] = [it for it, x in zip(items, computed) if x is not None]
+            computed = [x for x in computed if x is not None]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save(computed, tmp)
+        os.replace(tmp, path)
+        return computed
 
     def _check_splits(self) -> None:
         for split in SPLITS:
@@ -244,23 +303,25 @@ class AudioDataModule(L.LightningDataModule):
         samples = self.num_samples or self.shortest_samples
         return int(self.features.num_frames(samples))
 
-    def dataset(self, split: str) -> AudioDataset:
-        """The split as a Dataset whose items are (frames, feat) features computed on the CPU."""
+    def dataset(self, split: str, returns: str | None = None) -> AudioDataset:
+        """The split as a Dataset of what the feature placement needs (see AudioDataset)."""
         index = {name: i for i, name in enumerate(self.class_names)}
+        returns = returns or {"worker": "features", "device": "waveform", "cache": "cached"}[self.features.placement]
         return AudioDataset(self.splits[split], index, self.sample_rate, self.features, self.num_samples,
-                            random_crop=split == "train", skip_bad_files=self.on_bad_file == "skip")
+                            random_crop=split == "train", skip_bad_files=self.on_bad_file == "skip",
+                            returns=returns, cached=self.cached.get(split))
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, persistent: bool = False) -> DataLoader:
         dataset = self.dataset(split)
         # Worker seeds come from a generator of the loader's own, not from the global RNG (see EpochShuffler).
         return DataLoader(
             dataset, batch_size=self.batch_size, sampler=EpochShuffler(len(dataset)) if shuffle else None,
             collate_fn=pad_collate, num_workers=self.num_workers, pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0 and split == "train",
+            persistent_workers=persistent and self.num_workers > 0,
             generator=torch.Generator().manual_seed(torch.initial_seed()))
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=self.shuffle)
+        return self._loader("train", shuffle=self.shuffle, persistent=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
@@ -270,6 +331,11 @@ class AudioDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def _size_and_mtime(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
 
 
 def require_dir(path: str | Path, key: str = "data.root") -> Path:

@@ -1,0 +1,81 @@
+"""Where features are computed: worker, device and cache give the same batches; the cache is reused and
+invalidated; multi-process (DDP on CPU) and bf16 mixed precision runs write one complete run."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from audio_cls.data.fsdd import FSDD
+from audio_cls.features import LogMel, MFCC
+from audio_cls.model import CNN1d
+from audio_cls.module import AudioClassifier
+from conftest import run_entry
+
+
+def batches(root, tmp_path, placement, normalize, make=LogMel):
+    features = make(8000, hop_length=80, normalize=normalize, placement=placement)
+    dm = FSDD(root=str(root), features=features, sample_rate=8000, batch_size=16, cache_dir=str(tmp_path))
+    dm.setup("fit")
+    module = AudioClassifier(CNN1d(features.num_features, 10, channels=[4]), dm.features, dm.class_names)
+    # on_after_batch_transfer is where placement=device extracts; a no-op for the other placements
+    return [module.on_after_batch_transfer(b, 0) for b in dm.val_dataloader()], dm
+
+
+@pytest.mark.parametrize("normalize", ["none", "utterance", "global"])
+@pytest.mark.parametrize("make", [LogMel, MFCC])
+def test_every_placement_gives_the_same_features(fsdd_slice, tmp_path, normalize, make):
+    reference, _ = batches(fsdd_slice, tmp_path / "w", "worker", normalize, make)
+    for placement in ("device", "cache"):
+        other, _ = batches(fsdd_slice, tmp_path / placement, placement, normalize, make)
+        assert len(other) == len(reference)
+        for a, b in zip(reference, other):
+            assert torch.equal(a["lengths"], b["lengths"]) and torch.equal(a["targets"], b["targets"])
+            mask = torch.arange(a["inputs"].shape[1])[None] < a["lengths"][:, None]
+            torch.testing.assert_close(b["inputs"][mask], a["inputs"][mask], atol=1e-4, rtol=1e-4)
+
+
+def test_cache_is_reused_and_invalidated(fsdd_slice, tmp_path):
+    _, dm = batches(fsdd_slice, tmp_path, "cache", "none")
+    files = sorted(tmp_path.glob("FSDD-*.pt"))
+    assert len(files) == 3  # train, val, test
+    stamps = {f: f.stat().st_mtime_ns for f in files}
+    batches(fsdd_slice, tmp_path, "cache", "none")  # same extractor and files: read, not rewritten
+    assert {f: f.stat().st_mtime_ns for f in tmp_path.glob("FSDD-*.pt")} == stamps
+
+    features = LogMel(8000, hop_length=80, n_mels=40, placement="cache")  # another extractor
+    FSDD(root=str(fsdd_slice), features=features, sample_rate=8000, cache_dir=str(tmp_path)).setup("fit")
+    assert len(list(tmp_path.glob("FSDD-*.pt"))) == 6
+
+    changed = dm.splits["test"][0].path  # a file changes: its split's cache no longer matches
+    os.utime(changed, ns=(1, 1))
+    batches(fsdd_slice, tmp_path, "cache", "none")
+    assert len(list(tmp_path.glob("FSDD-test-*.pt"))) == 3 and len(list(tmp_path.glob("FSDD-train-*.pt"))) == 2
+
+
+def test_device_placement_trains_end_to_end(fsdd_slice, tmp_path):
+    proc = run_entry("audio_cls.train", "debug=limit", "features.placement=device", "features.normalize=global",
+                     f"data.root={fsdd_slice}", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "finished"
+
+
+def test_ddp_on_two_cpu_processes_writes_one_run(fsdd_slice, tmp_path):
+    logs = tmp_path / "logs"
+    proc = run_entry("audio_cls.train", "debug=limit", "trainer=ddp_cpu", f"data.root={fsdd_slice}",
+                     f"paths.log_dir={logs}", "data.batch_size=8")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((logs / "train" / "runs").iterdir())
+    assert len(runs) == 1  # the second process writes into the first one's directory
+    metrics = json.loads((runs[0] / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and 0 <= metrics["test/acc"] <= 1
+    assert (runs[0] / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_bf16_mixed_precision_on_cpu(fsdd_slice, tmp_path):
+    proc = run_entry("audio_cls.train", "debug=limit", "trainer.precision=bf16-mixed", f"data.root={fsdd_slice}",
+                     f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["train/loss"] == metrics["train/loss"]  # not NaN
