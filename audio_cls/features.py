@@ -90,16 +90,43 @@ class GlobalNorm(nn.Module):
         return (x - self.mean) / self.std * mask
 
 
+class SpecAugment(nn.Module):
+    """Feature-domain augmentation for training (SpecAugment's masking): `num_masks` frequency bands of
+    up to `freq_mask` features and time spans of up to `time_mask` frames are set to zero (the mean,
+    after normalization), drawn independently for every recording (torchaudio's masking transforms).
+
+    (batch, frames, feat), lengths (batch,) -> same shape; time masks stay inside each item's valid frames.
+    """
+
+    def __init__(self, freq_mask: int = 0, time_mask: int = 0, num_masks: int = 1):
+        super().__init__()
+        self.num_masks = num_masks
+        self.freq = T.FrequencyMasking(freq_mask, iid_masks=True) if freq_mask else None
+        self.time = T.TimeMasking(time_mask, iid_masks=True) if time_mask else None
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        spec = x.transpose(1, 2).unsqueeze(1)  # torchaudio masks (batch, channel, freq, time)
+        for _ in range(self.num_masks):
+            if self.freq is not None:
+                spec = self.freq(spec)
+            if self.time is not None:
+                spec = self.time(spec)
+        return spec.squeeze(1).transpose(1, 2) * frame_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
+
+
 class FeatureExtractor(nn.Module):
     """Base class: subclasses define `num_features`, `num_frames` and `compute` (no normalization).
 
-    Every extractor also takes `normalize` (none | utterance | global) and `placement`
-    (worker | device | cache), described at the top of this module.
+    Every extractor also takes `normalize` (none | utterance | global), `placement`
+    (worker | device | cache), described at the top of this module, and `spec_augment` (keyword
+    arguments of SpecAugment, or null): feature-domain augmentation that `augment` applies to
+    training batches after extraction and normalization, in every placement.
     """
 
     num_features: int
 
-    def __init__(self, num_features: int, normalize: str = "none", placement: str = "worker"):
+    def __init__(self, num_features: int, normalize: str = "none", placement: str = "worker",
+                 spec_augment: dict | None = None):
         super().__init__()
         if normalize not in NORMALIZATIONS:
             raise ConfigError(f"features.normalize={normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
@@ -109,6 +136,7 @@ class FeatureExtractor(nn.Module):
         self.normalize = normalize
         self.placement = placement
         self.norm = {"none": None, "utterance": UtteranceNorm(), "global": GlobalNorm(num_features)}[normalize]
+        self.spec_augment = SpecAugment(**spec_augment) if spec_augment else None
 
     def num_frames(self, num_samples: torch.Tensor | int) -> torch.Tensor | int:
         raise NotImplementedError
@@ -138,6 +166,14 @@ class FeatureExtractor(nn.Module):
         if frames is None:
             frames = torch.full((x.shape[0],), x.shape[1], device=x.device)
         return self.norm(x, frames)
+
+    def augment(self, x: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """Training-time augmentation of normalized features (batch, frames, feat); identity when off."""
+        if self.spec_augment is None:
+            return x
+        if frames is None:
+            frames = torch.full((x.shape[0],), x.shape[1], device=x.device)
+        return self.spec_augment(x, frames)
 
     def fingerprint(self, sample_rate: int) -> str:
         """A hash of what this extractor computes (before normalization): its class and its output on

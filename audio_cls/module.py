@@ -89,12 +89,14 @@ class AudioClassifier(L.LightningModule):
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """With features.placement=device, batches hold padded waveforms: extract features here, batched,
-        on the accelerator (in float32, also under mixed precision)."""
+        on the accelerator (in float32, also under mixed precision), and augment training batches."""
         if self.features is not None and self.features.placement == "device":
-            lengths = batch["lengths"]
+            frames = self.features.num_frames(batch["lengths"])
             with torch.no_grad():
-                inputs = self.features(batch["inputs"], lengths)
-            batch = {**batch, "inputs": inputs, "lengths": self.features.num_frames(lengths)}
+                inputs = self.features(batch["inputs"], batch["lengths"])
+                if self.training:  # feature-domain augmentation follows extraction, as in the workers
+                    inputs = self.features.augment(inputs, frames)
+            batch = {**batch, "inputs": inputs, "lengths": frames}
         return batch
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -79,3 +79,29 @@ def test_bf16_mixed_precision_on_cpu(fsdd_slice, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["train/loss"] == metrics["train/loss"]  # not NaN
+
+
+def zero_bands(batch):
+    """Per item, the number of features that are zero over all of its valid frames."""
+    mask = torch.arange(batch["inputs"].shape[1])[None, :, None] < batch["lengths"][:, None, None]
+    return ((batch["inputs"].abs() * mask).sum(1) == 0).sum(1)
+
+
+@pytest.mark.parametrize("placement", ["worker", "device", "cache"])
+def test_feature_augmentation_follows_extraction_in_training_only(fsdd_slice, tmp_path, placement):
+    batches = {}
+    for name, augment in (("plain", None), ("augmented", dict(freq_mask=20, time_mask=5, num_masks=2))):
+        features = LogMel(8000, hop_length=80, normalize="utterance", placement=placement, spec_augment=augment)
+        dm = FSDD(root=str(fsdd_slice), features=features, sample_rate=8000, batch_size=16,
+                  cache_dir=str(tmp_path))
+        dm.setup("fit")
+        module = AudioClassifier(CNN1d(64, 10, channels=[4]), dm.features, dm.class_names)
+        module.train()
+        train = module.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+        module.eval()
+        val = module.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+        batches[name] = (train, val)
+    (plain_train, plain_val), (aug_train, aug_val) = batches["plain"], batches["augmented"]
+    assert torch.equal(plain_train["targets"], aug_train["targets"])  # same clips: the order is seeded
+    assert (zero_bands(aug_train) > zero_bands(plain_train)).any()  # frequency bands masked in training
+    assert torch.equal(aug_val["inputs"], plain_val["inputs"])  # validation data untouched

@@ -70,11 +70,14 @@ class AudioDataset(Dataset):
 
     With `num_samples` set, recordings are cropped or zero-padded to that length (a random crop when
     `random_crop`, else the centre): on the waveform, or on the frames of cached features.
+    With `augment` (the training split), the extractor's feature-domain augmentation follows extraction
+    ("features", "cached"); for "waveform" the LightningModule applies it after extracting.
     """
 
     def __init__(self, items: list[Item], class_to_index: dict[str, int], sample_rate: int,
                  features: FeatureExtractor, num_samples: int | None = None, random_crop: bool = False,
-                 skip_bad_files: bool = False, returns: str = "features", cached: list | None = None):
+                 skip_bad_files: bool = False, returns: str = "features", cached: list | None = None,
+                 augment: bool = False):
         self.items = items
         self.class_to_index = class_to_index
         self.sample_rate = sample_rate
@@ -84,6 +87,7 @@ class AudioDataset(Dataset):
         self.skip_bad_files = skip_bad_files
         self.returns = returns
         self.cached = cached
+        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.items)
@@ -95,7 +99,7 @@ class AudioDataset(Dataset):
             x = self.cached[index]
             if self.num_samples is not None:
                 x = crop_or_pad(x, int(self.features.num_frames(self.num_samples)), self.random_crop)
-            return {"inputs": self.features.apply_norm(x[None])[0], "target": target}
+            return {"inputs": self._augmented(self.features.apply_norm(x[None])), "target": target}
         try:
             waveform = load_audio(item.path, self.sample_rate)
         except DataError as err:
@@ -108,8 +112,13 @@ class AudioDataset(Dataset):
         if self.returns == "waveform":
             return {"inputs": waveform, "target": target}
         with torch.no_grad():
-            x = self.features(waveform) if self.returns == "features" else self.features.compute(waveform[None])[0]
-        return {"inputs": x, "target": target}
+            if self.returns == "raw_features":
+                return {"inputs": self.features.compute(waveform[None])[0], "target": target}
+            return {"inputs": self._augmented(self.features(waveform[None])), "target": target}
+
+    def _augmented(self, x: torch.Tensor) -> torch.Tensor:
+        """(1, frames, feat) -> (frames, feat), augmented in the training split."""
+        return (self.features.augment(x) if self.augment else x)[0]
 
 
 def crop_or_pad(x: torch.Tensor, length: int, random_crop: bool) -> torch.Tensor:
@@ -232,7 +241,7 @@ class AudioDataModule(L.LightningDataModule):
     def _feature_batches(self, split: str):
         """(features, frame lengths) batches of a split, whatever the placement (extracted here for
         placement=device)."""
-        for batch in self._loader(split, shuffle=False):
+        for batch in self._loader(split, shuffle=False, augment=False):
             if self.features.placement == "device":
                 yield self.features(batch["inputs"], batch["lengths"]), self.features.num_frames(batch["lengths"])
             else:
@@ -309,10 +318,11 @@ class AudioDataModule(L.LightningDataModule):
         returns = returns or {"worker": "features", "device": "waveform", "cache": "cached"}[self.features.placement]
         return AudioDataset(self.splits[split], index, self.sample_rate, self.features, self.num_samples,
                             random_crop=split == "train", skip_bad_files=self.on_bad_file == "skip",
-                            returns=returns, cached=self.cached.get(split))
+                            returns=returns, cached=self.cached.get(split), augment=split == "train")
 
-    def _loader(self, split: str, shuffle: bool, persistent: bool = False) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, persistent: bool = False, augment: bool = True) -> DataLoader:
         dataset = self.dataset(split)
+        dataset.augment = dataset.augment and augment
         # Worker seeds come from a generator of the loader's own, not from the global RNG (see EpochShuffler).
         return DataLoader(
             dataset, batch_size=self.batch_size, sampler=EpochShuffler(len(dataset)) if shuffle else None,
