@@ -182,8 +182,9 @@ class AudioDataModule(L.LightningDataModule):
             that `seed=1,2,3` repeats the same experiment on the same split.
         cache_dir: where `features.placement=cache` keeps computed features, one file per split, named by
             a hash of the extractor and of the split's files (path, size, modification time).
-        on_bad_file: "error" stops at the first file that cannot be used, naming it; "skip" leaves such
-            files out, warns with their count and lists them in `skipped` (train.py writes
+        on_bad_file: "error" stops at the first file that cannot be used, naming it (headers are read at
+            start-up, samples when first used); "skip" reads every file once at start-up, leaves out those
+            that cannot be used, warns with their count and lists them in `skipped` (train.py writes
             skipped_files.csv into the run directory).
     """
 
@@ -282,6 +283,8 @@ class AudioDataModule(L.LightningDataModule):
             for item in self.splits[split]:
                 try:
                     info = audio_info(item.path)
+                    if self.on_bad_file == "skip":  # read the samples too, so NaN files are counted now
+                        load_audio(item.path, info.samplerate)
                 except DataError as err:
                     if self.on_bad_file == "error":
                         raise
