@@ -96,8 +96,7 @@ def matches(value, hint) -> bool:
     if origin in (list, tuple, Sequence) or hint in (list, tuple):
         if not isinstance(value, (list, tuple)):
             return False
-        item = args[0] if args and args[-1] is not Ellipsis and len(args) == 1 else (
-            args[0] if args else typing.Any)
+        item = args[0] if args else typing.Any  # list[int], tuple[int, ...]: every element an int
         return all(matches(v, item) for v in value)
     if origin in (dict, Mapping) or hint is dict:
         return isinstance(value, dict)
