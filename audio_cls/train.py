@@ -15,6 +15,7 @@ import hydra
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from audio_cls.config_checks import check_config
@@ -35,7 +36,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data, features=features)
     datamodule.prepare_data()
     datamodule.setup("fit")
-    if datamodule.skipped:
+    if datamodule.skipped and rank_zero_only.rank == 0:
         with (output_dir / "skipped_files.csv").open("w", newline="") as f:
             csv.writer(f).writerows([("path", "reason"), *datamodule.skipped])
 
@@ -68,8 +69,8 @@ def train(cfg: DictConfig) -> dict:
         log_hparams(trainer.loggers, config, metrics)
         log.info("Metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         log.info("Run directory: %s", output_dir)
-    return {**metrics, "skipped_files": len(datamodule.skipped), "best_checkpoint": best, "class_names": module.class_names,
-            "test/confusion_matrix": module.test_confusion_matrix}
+    return {**metrics, "skipped_files": len(datamodule.skipped), "best_checkpoint": best,
+            "class_names": module.class_names, "test/confusion_matrix": module.test_confusion_matrix}
 
 
 def check_shortest_input(net: torch.nn.Module, frames: int, num_features: int) -> None:

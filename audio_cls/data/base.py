@@ -315,17 +315,17 @@ class AudioDataModule(L.LightningDataModule):
         samples = self.num_samples or self.shortest_samples
         return int(self.features.num_frames(samples))
 
-    def dataset(self, split: str, returns: str | None = None) -> AudioDataset:
-        """The split as a Dataset of what the feature placement needs (see AudioDataset)."""
+    def dataset(self, split: str, returns: str | None = None, augment: bool = True) -> AudioDataset:
+        """The split as a Dataset of what the feature placement needs (see AudioDataset); the training
+        split is augmented unless `augment=False`."""
         index = {name: i for i, name in enumerate(self.class_names)}
         returns = returns or {"worker": "features", "device": "waveform", "cache": "cached"}[self.features.placement]
         return AudioDataset(self.splits[split], index, self.sample_rate, self.features, self.num_samples,
                             random_crop=split == "train", skip_bad_files=self.on_bad_file == "skip",
-                            returns=returns, cached=self.cached.get(split), augment=split == "train")
+                            returns=returns, cached=self.cached.get(split), augment=augment and split == "train")
 
     def _loader(self, split: str, shuffle: bool, persistent: bool = False, augment: bool = True) -> DataLoader:
-        dataset = self.dataset(split)
-        dataset.augment = dataset.augment and augment
+        dataset = self.dataset(split, augment=augment)
         # Worker seeds come from a generator of the loader's own, not from the global RNG (see EpochShuffler).
         return DataLoader(
             dataset, batch_size=self.batch_size, sampler=EpochShuffler(len(dataset)) if shuffle else None,
