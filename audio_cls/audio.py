@@ -36,19 +36,27 @@ def _resampler(orig_freq: int, new_freq: int) -> torchaudio.transforms.Resample:
     return torchaudio.transforms.Resample(orig_freq, new_freq)
 
 
-def load_audio(path: str | Path, sample_rate: int) -> torch.Tensor:
-    """Read `path` as a mono waveform at `sample_rate`.
+def load_audio(path: str | Path, sample_rate: int, start: float | None = None,
+               end: float | None = None) -> torch.Tensor:
+    """Read `path` (or its segment from `start` to `end` seconds) as a mono waveform at `sample_rate`.
 
     Returns:
         Tensor of shape (samples,), float32 in [-1, 1]. Channels are averaged;
         another sample rate is converted with torchaudio's Resample.
     """
     try:
-        data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)  # (samples, channels)
+        with sf.SoundFile(str(path)) as f:
+            file_rate = f.samplerate
+            first = round(start * file_rate) if start else 0
+            if first:
+                f.seek(first)
+            count = round(end * file_rate) - first if end is not None else -1
+            data = f.read(count, dtype="float32", always_2d=True)  # (samples, channels)
     except Exception as err:
         raise DataError(f"{path}: soundfile cannot read it ({_short(err)})") from None
     if data.shape[0] == 0:
-        raise DataError(f"{path}: the recording is empty (0 samples)")
+        what = "the recording is empty" if start is None and end is None else f"the segment {start}-{end} s is empty"
+        raise DataError(f"{path}: {what} (0 samples)")
     if not np.isfinite(data).all():
         raise DataError(f"{path}: contains {int((~np.isfinite(data)).sum())} NaN or infinite samples")
     waveform = torch.from_numpy(data).mean(dim=1)

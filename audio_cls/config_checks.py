@@ -21,7 +21,7 @@ POSITIVE = ("data.batch_size", "data.sample_rate", "data.duration", "trainer.max
             "features.n_fft", "features.hop_length", "features.win_length", "features.n_mels", "features.n_mfcc",
             "features.frame_length", "model.hidden_size", "model.num_layers", "model.num_blocks")
 NON_NEGATIVE = ("data.num_workers", "model.dropout", "optimizer.weight_decay", "loss.label_smoothing",
-                "data.val_fraction")
+                "data.val_fraction", "data.test_fraction", "augment.mixup_alpha", "augment.waveform.shift")
 
 
 def check_config(cfg: DictConfig) -> None:

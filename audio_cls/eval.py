@@ -42,8 +42,9 @@ def evaluate(cfg: DictConfig) -> dict:
     trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks),
                           logger=instantiate_group(cfg.logger))
     trainer.test(module, datamodule=datamodule)
-    return {**scalar_metrics(trainer.callback_metrics), "ckpt_path": str(ckpt),
-            "class_names": module.class_names, "test/confusion_matrix": module.test_confusion_matrix}
+    log.info("Test results per class:\n%s", module.per_class_table())
+    return {**scalar_metrics(trainer.callback_metrics), "ckpt_path": str(ckpt), "class_names": module.class_names,
+            "test/per_class": module.test_per_class, "test/confusion_matrix": module.test_confusion_matrix}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")

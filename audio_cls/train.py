@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from pathlib import Path
@@ -33,12 +32,11 @@ def train(cfg: DictConfig) -> dict:
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
 
     features = instantiate(cfg.features)
-    datamodule = instantiate(cfg.data, features=features)
+    datamodule = instantiate(cfg.data, features=features, waveform_augment=instantiate(cfg.augment.waveform))
     datamodule.prepare_data()
     datamodule.setup("fit")
-    if datamodule.skipped and rank_zero_only.rank == 0:
-        with (output_dir / "skipped_files.csv").open("w", newline="") as f:
-            csv.writer(f).writerows([("path", "reason"), *datamodule.skipped])
+    if rank_zero_only.rank == 0:
+        datamodule.write_split_files(output_dir)
 
     net = instantiate(cfg.model, in_features=features.num_features, num_classes=datamodule.num_classes)
     try:
@@ -48,7 +46,7 @@ def train(cfg: DictConfig) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     module = AudioClassifier(net, datamodule.features, datamodule.class_names, optimizer=config["optimizer"],
                              scheduler=config["scheduler"], loss=loss_config(config["loss"], datamodule),
-                             config=config)
+                             mixup_alpha=cfg.augment.mixup_alpha, config=config)
     log.info("Network %s: %.2fM parameters", type(net).__name__, sum(p.numel() for p in net.parameters()) / 1e6)
 
     trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks),
@@ -65,12 +63,14 @@ def train(cfg: DictConfig) -> dict:
             log.warning("No best checkpoint (checkpointing off or fast_dev_run): testing the last weights")
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(scalar_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
+        log.info("Test results per class:\n%s", module.per_class_table())
     if trainer.is_global_zero:
         log_hparams(trainer.loggers, config, metrics)
         log.info("Metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         log.info("Run directory: %s", output_dir)
-    return {**metrics, "skipped_files": len(datamodule.skipped), "best_checkpoint": best,
-            "class_names": module.class_names, "test/confusion_matrix": module.test_confusion_matrix}
+    return {**metrics, "skipped_files": len(datamodule.skipped), "duplicate_files": len(datamodule.duplicates),
+            "best_checkpoint": best, "class_names": module.class_names,
+            "test/per_class": module.test_per_class, "test/confusion_matrix": module.test_confusion_matrix}
 
 
 def check_shortest_input(net: torch.nn.Module, frames: int, num_features: int) -> None:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,7 +138,8 @@ class Listed(AudioDataModule):
     """A dataset given as a list of files: every one in training, the first one also in val and test."""
 
     def __init__(self, paths, **kwargs):
-        super().__init__(features=LogMel(16000, hop_length=160), sample_rate=16000, batch_size=2, **kwargs)
+        super().__init__(root=str(Path(paths[0]).parent), features=LogMel(16000, hop_length=160), sample_rate=16000,
+                         batch_size=2, **kwargs)
         self.paths = paths
 
     def build_splits(self):

@@ -42,6 +42,14 @@ def test_train_writes_every_file_of_a_run(trained_run):
         assert 0.0 <= metrics[key] < 100, key
     assert metrics["class_names"] == [str(d) for d in range(10)]
     assert sum(map(sum, metrics["test/confusion_matrix"])) == 2 * 16  # limit_test_batches=2 of data.batch_size=16
+    per_class = metrics["test/per_class"]
+    assert list(per_class) == metrics["class_names"]
+    for label, row in zip(per_class, metrics["test/confusion_matrix"]):
+        assert per_class[label]["support"] == sum(row)
+        assert set(per_class[label]) == {"precision", "recall", "f1", "support"}
+    assert "Test results per class" in (run_dir / "train.log").read_text()
+    splits = (run_dir / "splits.csv").read_text().splitlines()
+    assert splits[0] == "split,path,label,group,start,end" and len(splits) == 1 + 200  # every file of the slice
     tags = scalar_tags(run_dir / "tensorboard")
     assert {"train/loss", "val/acc", "test/acc", "val/acc_best", "lr-Adam", "hp/test_acc"} <= tags
     assert "test/acc" in proc.stdout  # the test metrics are printed

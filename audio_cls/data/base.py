@@ -3,19 +3,20 @@
     wav file --load_audio--> waveform (samples,) --features--> (frames, feat)
             --pad_collate--> {"inputs": (batch, max_frames, feat), "lengths": (batch,), "targets": (batch,)}
 
-A dataset is a subclass of `AudioDataModule` that implements `build_splits()`, returning the
-labelled files of each split; everything else (checks, features, batching) lives here.
+A dataset is a subclass of `AudioDataModule` that implements `scan()`, returning its labelled
+recordings (`Item`s, with whatever it knows of speakers, segments, splits and folds); splitting
+(`splits.py`), checks, features, augmentation and batching live here.
 """
 
 from __future__ import annotations
 
 import copy
+import csv
 import hashlib
 import json
 import logging
 import os
-import random
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,40 +25,30 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audio_cls.audio import audio_info, load_audio
+from audio_cls.augment import WaveformAugment
+from audio_cls.data.splits import (SPLITS, assign_splits, cv_folds, cv_scheme, cv_split, duplicates_across_splits,
+                                   shared_groups)
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.features import FeatureExtractor, GlobalNorm
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-
 
 @dataclass(frozen=True)
 class Item:
-    """One labelled recording. `group` is the speaker or source, for group-disjoint splits."""
+    """One labelled recording, or a segment of one (`start`/`end` in seconds).
+
+    What a dataset knows beyond path and label: `group` is the speaker or source (kept within one
+    split); `split` a split the data defines (train/val/test); `fold` a cross-validation fold it defines.
+    """
 
     path: str
     label: str
     group: str | None = None
-
-
-def stratified_split(items: list[Item], fraction: float, seed: int) -> tuple[list[Item], list[Item]]:
-    """Move `fraction` of each label's items into a second list, reproducibly for `seed`.
-
-    Each label moves at least one item and keeps at least one, where it has two or more.
-    """
-    by_label: dict[str, list[Item]] = defaultdict(list)
-    for item in sorted(items, key=lambda it: it.path):
-        by_label[item.label].append(item)
-    rng = random.Random(seed)
-    keep, moved = [], []
-    for label in sorted(by_label):
-        group = by_label[label]
-        rng.shuffle(group)
-        n = min(max(1, round(fraction * len(group))), len(group) - 1) if fraction > 0 else 0
-        moved += group[:n]
-        keep += group[n:]
-    return keep, moved
+    start: float | None = None
+    end: float | None = None
+    split: str | None = None
+    fold: int | None = None
 
 
 class AudioDataset(Dataset):
@@ -70,14 +61,15 @@ class AudioDataset(Dataset):
 
     With `num_samples` set, recordings are cropped or zero-padded to that length (a random crop when
     `random_crop`, else the centre): on the waveform, or on the frames of cached features.
-    With `augment` (the training split), the extractor's feature-domain augmentation follows extraction
-    ("features", "cached"); for "waveform" the LightningModule applies it after extracting.
+    With `augment` (the training split), `waveform_augment` (gain, shift, noise) changes each waveform
+    before extraction ("features", "waveform"), and the extractor's feature-domain augmentation follows
+    extraction ("features", "cached"; for "waveform" the LightningModule applies it after extracting).
     """
 
     def __init__(self, items: list[Item], class_to_index: dict[str, int], sample_rate: int,
                  features: FeatureExtractor, num_samples: int | None = None, random_crop: bool = False,
                  skip_bad_files: bool = False, returns: str = "features", cached: list | None = None,
-                 augment: bool = False):
+                 augment: bool = False, waveform_augment: WaveformAugment | None = None):
         self.items = items
         self.class_to_index = class_to_index
         self.sample_rate = sample_rate
@@ -88,6 +80,7 @@ class AudioDataset(Dataset):
         self.returns = returns
         self.cached = cached
         self.augment = augment
+        self.waveform_augment = waveform_augment if augment else None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -101,7 +94,7 @@ class AudioDataset(Dataset):
                 x = crop_or_pad(x, int(self.features.num_frames(self.num_samples)), self.random_crop)
             return {"inputs": self._augmented(self.features.apply_norm(x[None])), "target": target}
         try:
-            waveform = load_audio(item.path, self.sample_rate)
+            waveform = load_audio(item.path, self.sample_rate, item.start, item.end)
         except DataError as err:
             if not self.skip_bad_files:
                 raise
@@ -109,6 +102,8 @@ class AudioDataset(Dataset):
             return None
         if self.num_samples is not None and self.returns != "raw_features":
             waveform = crop_or_pad(waveform, self.num_samples, self.random_crop)
+        if self.waveform_augment is not None and self.returns != "raw_features":
+            waveform = self.waveform_augment(waveform)
         if self.returns == "waveform":
             return {"inputs": waveform, "target": target}
         with torch.no_grad():
@@ -151,11 +146,14 @@ class EpochShuffler(Sampler):
     Lightning calls `set_epoch` before every epoch, so a resumed run draws the same order as an
     uninterrupted one, and shuffling takes nothing from the global RNG, which keeps dropout masks
     aligned after a resume too. The seed defaults to torch's initial seed (set by `seed`).
+    With `weights` (one per item), each epoch draws `size` items with replacement in proportion to
+    them instead: with inverse class frequencies, every class is drawn about equally often.
     """
 
-    def __init__(self, size: int, seed: int | None = None):
+    def __init__(self, size: int, seed: int | None = None, weights: list[float] | None = None):
         self.size = size
         self.seed = torch.initial_seed() if seed is None else seed
+        self.weights = None if weights is None else torch.tensor(weights, dtype=torch.double)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -163,6 +161,8 @@ class EpochShuffler(Sampler):
 
     def __iter__(self):
         generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)) % 2**63)
+        if self.weights is not None:
+            return iter(torch.multinomial(self.weights, self.size, replacement=True, generator=generator).tolist())
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
     def __len__(self) -> int:
@@ -173,13 +173,21 @@ class AudioDataModule(L.LightningDataModule):
     """Splits, checks, feature extraction and batching for any labelled audio collection.
 
     Args:
+        root: the dataset's folder.
         features: the feature extractor applied to every waveform; the datamodule keeps a copy
             (`self.features`, where `normalize=global` statistics are fitted) that stays on the CPU.
         sample_rate: every file is resampled to this rate.
         duration: if set, crop/pad every waveform to this many seconds (random crop in training).
         batch_size, num_workers, pin_memory, shuffle: DataLoader settings (batch_size is per device).
-        split_seed: seed of the rules that carve validation sets, fixed apart from the training seed so
-            that `seed=1,2,3` repeats the same experiment on the same split.
+        val_fraction, test_fraction, split_by, split_seed: how splits the data does not define are
+            carved (see `audio_cls/data/splits.py`): by hash of the group (`split_by=group`, the default
+            `auto` when every recording has one) or of the file. `split_seed` is fixed apart from the
+            training seed so that `seed=1,2,3` repeats the same experiment on the same split.
+        cv_fold, cv_folds, cv_scheme: set by `audio_cls.cv`: fold `cv_fold` of `cv_folds` is the test set.
+        balanced_sampling: draw training batches with probabilities inverse to class frequency.
+        waveform_augment: training-only waveform augmentation (gain, shift, noise), or None.
+        check_duplicates: warn about recordings with identical content in two splits (reads every file
+            whose size matches one in another split).
         cache_dir: where `features.placement=cache` keeps computed features, one file per split, named by
             a hash of the extractor and of the split's files (path, size, modification time).
         on_bad_file: "error" stops at the first file that cannot be used, naming it (headers are read at
@@ -188,14 +196,24 @@ class AudioDataModule(L.LightningDataModule):
             skipped_files.csv into the run directory).
     """
 
-    def __init__(self, features: FeatureExtractor, sample_rate: int, duration: float | None = None,
+    def __init__(self, root: str, features: FeatureExtractor, sample_rate: int, duration: float | None = None,
                  batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False, shuffle: bool = True,
-                 split_seed: int = 0, on_bad_file: str = "error", cache_dir: str = "cache"):
+                 val_fraction: float = 0.1, test_fraction: float = 0.1, split_by: str = "auto",
+                 split_seed: int = 0, cv_fold: int | None = None, cv_folds: int = 5, cv_scheme: str = "auto",
+                 balanced_sampling: bool = False, waveform_augment: WaveformAugment | None = None,
+                 check_duplicates: bool = True, on_bad_file: str = "error", cache_dir: str = "cache"):
         super().__init__()
         if on_bad_file not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size}: must be a positive integer")
+        for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+            if not 0 <= value < 1:
+                raise ConfigError(f"data.{key}={value}: must be in [0, 1)")
+        if waveform_augment is not None and waveform_augment.active and features.placement == "cache":
+            raise ConfigError("augment.waveform is on but features.placement=cache stores features, not "
+                              "waveforms: use placement=worker or device, or switch the waveform augmentation off")
+        self.root = root
         # A copy of its own that stays on the CPU for the DataLoader workers, whatever device
         # the LightningModule later moves its extractor to.
         self.features = copy.deepcopy(features)
@@ -205,18 +223,48 @@ class AudioDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.shuffle = shuffle
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.split_by = split_by
         self.split_seed = split_seed
+        self.cv_fold = cv_fold
+        self.cv_folds = cv_folds
+        self.cv_scheme = cv_scheme
+        self.balanced_sampling = balanced_sampling
+        self.waveform_augment = waveform_augment if waveform_augment is not None and waveform_augment.active else None
+        self.check_duplicates = check_duplicates
         self.on_bad_file = on_bad_file
         self.cache_dir = Path(cache_dir)
         self.cached: dict[str, list[torch.Tensor]] = {}
         self.skipped: list[tuple[str, str]] = []  # (path, reason) of files left out
+        self.duplicates: list[tuple[str, str, str, str]] = []  # (split, path, other split, other path)
         self.splits: dict[str, list[Item]] | None = None
         self.class_names: list[str] = []
 
     # --- what a dataset defines --------------------------------------------------------------
-    def build_splits(self) -> dict[str, list[Item]]:
-        """Return {"train": [...], "val": [...], "test": [...]} lists of `Item`s."""
+    def scan(self) -> list[Item]:
+        """Every labelled recording of the dataset under `self.root`, as `Item`s."""
         raise NotImplementedError
+
+    def build_splits(self) -> dict[str, list[Item]]:
+        """{"train": [...], "val": [...], "test": [...]}: the cross-validation fold when `cv_fold` is set,
+        else the data's own splits, completed by hash (see `audio_cls/data/splits.py`)."""
+        items = self.scan()
+        if self.cv_fold is not None:
+            return cv_split(items, self.cv_scheme, self.cv_folds, self.cv_fold, self.val_fraction,
+                            self.split_seed, self.split_by, self.root_path)
+        return assign_splits(items, self.val_fraction, self.test_fraction, self.split_seed, self.split_by,
+                             self.root_path)
+
+    def cv_plan(self, num_folds: int, scheme: str) -> list[tuple[str, int]]:
+        """[(fold name, number of test recordings)] of a cross-validation (see `audio_cls.cv`)."""
+        items = self.scan()
+        folds = cv_folds(items, cv_scheme(items, scheme), num_folds, self.split_seed, self.root_path)
+        return [(name, len(test)) for name, test in folds]
+
+    @property
+    def root_path(self) -> Path:
+        return Path(self.root).expanduser()
 
     # --- what the rest of the template reads -------------------------------------------------
     @property
@@ -252,7 +300,7 @@ class AudioDataModule(L.LightningDataModule):
         """The split's un-normalized features, from the cache file if it matches, else computed (in the
         DataLoader workers) and stored atomically."""
         items = self.splits[split]
-        files = [(it.path, *_size_and_mtime(it.path)) for it in items]
+        files = [(it.path, *_size_and_mtime(it.path), it.start, it.end) for it in items]
         key = hashlib.sha256(json.dumps({"features": self.features.fingerprint(self.sample_rate),
                                          "sample_rate": self.sample_rate, "files": files}).encode()).hexdigest()
         path = self.cache_dir / f"{type(self).__name__}-{split}-{key[:24]}.pt"
@@ -283,15 +331,16 @@ class AudioDataModule(L.LightningDataModule):
             for item in self.splits[split]:
                 try:
                     info = audio_info(item.path)
+                    seconds = _segment_seconds(item, info)
                     if self.on_bad_file == "skip":  # read the samples too, so NaN files are counted now
-                        load_audio(item.path, info.samplerate)
+                        load_audio(item.path, info.samplerate, item.start, item.end)
                 except DataError as err:
                     if self.on_bad_file == "error":
                         raise
                     self.skipped.append((item.path, str(err)))
                     continue
                 usable.append(item)
-                samples = round(info.frames * self.sample_rate / info.samplerate)
+                samples = round(seconds * self.sample_rate)
                 if shortest is None or samples < shortest[0]:
                     shortest = (samples, item.path)
             self.splits[split] = usable
@@ -306,8 +355,38 @@ class AudioDataModule(L.LightningDataModule):
             unknown = sorted({it.label for it in self.splits[split]} - set(self.class_names))
             if unknown:
                 raise DataError(f"labels {unknown} occur in the {split} split but not in training")
+        for split in ("val", "test"):
+            if not self.splits[split]:
+                raise DataError(f"{type(self).__name__}: the {split} split is empty")
+        shared = shared_groups(self.splits)
+        if shared:
+            log.info("Groups (speakers/sources) found in two splits: %s",
+                     ", ".join(f"{pair} {n}" for pair, n in shared.items()))
+        if self.check_duplicates:
+            self.duplicates = duplicates_across_splits(self.splits)
+            if self.duplicates:
+                a_split, a, b_split, b = self.duplicates[0]
+                log.warning("%d recordings have an identical copy in another split (e.g. %s in %s = %s in %s); "
+                            "they inflate validation/test scores (listed in duplicate_files.csv)",
+                            len(self.duplicates), a, a_split, b, b_split)
         log.info("Data: %s, classes %d; %s", type(self).__name__, self.num_classes,
                  ", ".join(f"{s} {len(self.splits[s])} files" for s in SPLITS))
+
+    def write_split_files(self, output_dir: Path) -> None:
+        """splits.csv (every recording with its split), and skipped_files.csv / duplicate_files.csv when
+        there were any: what a run trained and tested on, next to its results."""
+        output_dir = Path(output_dir)
+        with (output_dir / "splits.csv").open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(("split", "path", "label", "group", "start", "end"))
+            for split in SPLITS:
+                writer.writerows((split, it.path, it.label, it.group, it.start, it.end) for it in self.splits[split])
+        for name, header, rows in (("skipped_files.csv", ("path", "reason"), self.skipped),
+                                   ("duplicate_files.csv", ("split", "path", "other_split", "other_path"),
+                                    self.duplicates)):
+            if rows:
+                with (output_dir / name).open("w", newline="", encoding="utf-8") as f:
+                    csv.writer(f).writerows([header, *rows])
 
     @property
     def min_frames(self) -> int:
@@ -322,13 +401,21 @@ class AudioDataModule(L.LightningDataModule):
         returns = returns or {"worker": "features", "device": "waveform", "cache": "cached"}[self.features.placement]
         return AudioDataset(self.splits[split], index, self.sample_rate, self.features, self.num_samples,
                             random_crop=split == "train", skip_bad_files=self.on_bad_file == "skip",
-                            returns=returns, cached=self.cached.get(split), augment=augment and split == "train")
+                            returns=returns, cached=self.cached.get(split), augment=augment and split == "train",
+                            waveform_augment=self.waveform_augment)
 
     def _loader(self, split: str, shuffle: bool, persistent: bool = False, augment: bool = True) -> DataLoader:
         dataset = self.dataset(split, augment=augment)
+        sampler = None
+        if shuffle:
+            weights = None
+            if self.balanced_sampling:
+                counts = Counter(it.label for it in dataset.items)
+                weights = [1.0 / counts[it.label] for it in dataset.items]
+            sampler = EpochShuffler(len(dataset), weights=weights)
         # Worker seeds come from a generator of the loader's own, not from the global RNG (see EpochShuffler).
         return DataLoader(
-            dataset, batch_size=self.batch_size, sampler=EpochShuffler(len(dataset)) if shuffle else None,
+            dataset, batch_size=self.batch_size, sampler=sampler,
             collate_fn=pad_collate, num_workers=self.num_workers, pin_memory=self.pin_memory,
             persistent_workers=persistent and self.num_workers > 0,
             generator=torch.Generator().manual_seed(torch.initial_seed()))
@@ -344,6 +431,18 @@ class AudioDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def _segment_seconds(item: Item, info) -> float:
+    """Duration of the item (the whole file or its segment); a DataError if the segment does not fit."""
+    duration = info.frames / info.samplerate
+    if item.start is None and item.end is None:
+        return duration
+    start, end = item.start or 0.0, duration if item.end is None else item.end
+    if not 0 <= start < end or end > duration + 1e-3:
+        raise DataError(f"{item.path}: segment {start}-{end} s does not fit in the recording "
+                        f"({duration:.3f} s)")
+    return end - start
 
 
 def _size_and_mtime(path: str) -> tuple[int, int]:

@@ -1,0 +1,149 @@
+"""Training-time waveform augmentation: small modules, waveform (samples,) -> (samples,) of the same length.
+
+They run in the DataLoader workers on training recordings only (AudioDataset with augment=True),
+before feature extraction; validation and test data never pass through them. Feature-domain masking
+(SpecAugment) lives with the features (`features.spec_augment`), mixup with the batch
+(`AudioClassifier(mixup_alpha=...)`). Randomness comes from torch's RNG, which Lightning seeds per worker.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from audio_cls.audio import AUDIO_EXTENSIONS, load_audio
+from audio_cls.errors import ConfigError, DataError
+
+
+def _uniform(low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand(()))
+
+
+class RandomGain(nn.Module):
+    """Multiply by a gain drawn uniformly in [min_db, max_db] decibels."""
+
+    def __init__(self, min_db: float, max_db: float):
+        super().__init__()
+        if min_db > max_db:
+            raise ConfigError(f"augment.waveform.gain_db=[{min_db}, {max_db}]: the first must not exceed the second")
+        self.min_db, self.max_db = min_db, max_db
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return waveform * 10 ** (_uniform(self.min_db, self.max_db) / 20)
+
+
+class RandomShift(nn.Module):
+    """Shift in time by up to `max_samples` either way; what moves out is dropped, the gap is silence."""
+
+    def __init__(self, max_samples: int):
+        super().__init__()
+        self.max_samples = max_samples
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        shift = int(torch.randint(-self.max_samples, self.max_samples + 1, ()))
+        if shift == 0:
+            return waveform
+        out = torch.zeros_like(waveform)
+        if shift > 0:
+            out[shift:] = waveform[:-shift]
+        else:
+            out[:shift] = waveform[-shift:]
+        return out
+
+
+class BackgroundNoise(nn.Module):
+    """Add a random stretch of a random recording from `noise_dir` (searched recursively) at a
+    signal-to-noise ratio drawn uniformly in `snr_db`, with probability `prob`.
+
+    Noise recordings are read at the training sample rate when first drawn and kept in memory
+    (per DataLoader worker); one shorter than the waveform is repeated.
+    """
+
+    def __init__(self, noise_dir: str, sample_rate: int, snr_db: tuple[float, float] = (5.0, 20.0),
+                 prob: float = 1.0):
+        super().__init__()
+        folder = Path(noise_dir).expanduser()
+        if not folder.is_dir():
+            raise ConfigError(f"augment.waveform.noise_dir={noise_dir}: no such directory")
+        self.files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+        if not self.files:
+            raise ConfigError(f"augment.waveform.noise_dir={noise_dir}: no audio files "
+                              f"({', '.join(AUDIO_EXTENSIONS)}) in it")
+        self.sample_rate = sample_rate
+        self.snr_db = tuple(snr_db)
+        self.prob = prob
+        self._noise: dict[str, torch.Tensor] = {}
+
+    def _recording(self, path: str) -> torch.Tensor:
+        if path not in self._noise:
+            try:
+                self._noise[path] = load_audio(path, self.sample_rate)
+            except DataError as err:
+                raise DataError(f"augment.waveform.noise_dir: {err}") from None
+        return self._noise[path]
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        if float(torch.rand(())) >= self.prob:
+            return waveform
+        noise = self._recording(self.files[int(torch.randint(len(self.files), ()))])
+        n = waveform.shape[0]
+        if noise.shape[0] < n:
+            noise = noise.repeat(-(-n // noise.shape[0]))
+        start = int(torch.randint(noise.shape[0] - n + 1, ()))
+        noise = noise[start : start + n]
+        signal_power, noise_power = waveform.pow(2).mean(), noise.pow(2).mean()
+        if signal_power == 0 or noise_power == 0:
+            return waveform  # silence in, or a silent stretch of noise: no ratio to keep
+        snr = _uniform(*self.snr_db)
+        return waveform + noise * torch.sqrt(signal_power / (noise_power * 10 ** (snr / 10)))
+
+
+class WaveformAugment(nn.Module):
+    """The configured waveform augmentations in order: shift, gain, background noise. Each is off
+    unless configured; `active` says whether any is on.
+
+    Args (conf/augment/default.yaml, `augment.waveform.*`):
+        sample_rate: the training rate (noise recordings are resampled to it).
+        gain_db: [min, max] decibels of random gain, or null.
+        shift: largest time shift in seconds (either way), 0 for none.
+        noise_dir: a folder of noise recordings, or null; `snr_db` [min, max] and `noise_prob` as in
+            BackgroundNoise.
+    """
+
+    def __init__(self, sample_rate: int, gain_db: tuple[float, float] | None = None, shift: float = 0.0,
+                 noise_dir: str | None = None, snr_db: tuple[float, float] = (5.0, 20.0), noise_prob: float = 1.0):
+        super().__init__()
+        steps = []
+        if shift:
+            steps.append(RandomShift(round(shift * sample_rate)))
+        if gain_db is not None:
+            steps.append(RandomGain(*gain_db))
+        if noise_dir:
+            steps.append(BackgroundNoise(noise_dir, sample_rate, snr_db, noise_prob))
+        self.steps = nn.ModuleList(steps)
+
+    @property
+    def active(self) -> bool:
+        return len(self.steps) > 0
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        """(samples,) -> (samples,)"""
+        for step in self.steps:
+            waveform = step(waveform)
+        return waveform
+
+
+def mixup(inputs: torch.Tensor, lengths: torch.Tensor, alpha: float
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """Mix every item of a batch with another of the same batch (mixup, Zhang et al. 2018).
+
+    inputs (B, T, F), lengths (B,) -> mixed inputs, lengths (the longer of each pair), the partner
+    index `perm` (B,) and the weight `lam` of the original items: the loss is
+    lam * loss(targets) + (1 - lam) * loss(targets[perm]).
+    """
+    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    perm = torch.randperm(inputs.shape[0], device=inputs.device)
+    mixed = lam * inputs + (1 - lam) * inputs[perm]
+    return mixed, torch.maximum(lengths, lengths[perm]), perm, lam

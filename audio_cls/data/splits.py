@@ -1,0 +1,228 @@
+"""How labelled recordings are divided into train / val / test, and into cross-validation folds.
+
+Rules shared by every dataset (the dataset's `scan()` only says what it knows of each `Item`):
+
+  - A split the data defines (a manifest's `split` column, Speech Commands' lists, ESC-50's folds,
+    FSDD's protocols) is used as it is. Test is carved only when the data defines none, from the
+    items without a split; validation likewise, from the training items.
+  - Carving is by hash: each unit (a speaker/source `group` when every item has one, else a file)
+    goes to test when hash(seed, unit) falls below `test_fraction`, to validation when it falls
+    below `val_fraction` (salted apart). The hash of a unit never changes, so adding files never
+    moves the files already there, and the same seed gives the same split on any machine. Segments
+    of one file are one unit, so a recording never straddles two splits. (Two exceptions, for tiny
+    data only: a split left empty by chance gets the unit of lowest hash, and a class whose every
+    unit would leave training keeps them in training; both are logged.)
+  - Cross-validation folds follow the data's own folds (ESC-50), else its groups (k folds of
+    speakers, or one fold per speaker), else files (stratified by label); the fold under test never
+    takes part in training or in selecting the model (validation is carved from the other folds).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+
+from audio_cls.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+SPLIT_BY = ("auto", "group", "file")
+CV_SCHEMES = ("auto", "folds", "groups", "logo", "files")
+
+
+def unit_hash(seed: int, unit: str) -> float:
+    """A number in [0, 1) fixed by (seed, unit): the same on every machine and Python run."""
+    digest = hashlib.sha1(f"{seed}/{unit}".encode()).hexdigest()
+    return int(digest[:15], 16) / 16**15
+
+
+def use_groups(items: list, split_by: str, purpose: str) -> bool:
+    """Whether to split `items` by group: `auto` does so when every item has a group, and says when not."""
+    if split_by not in SPLIT_BY:
+        raise ConfigError(f"data.split_by={split_by!r}: expected one of {', '.join(SPLIT_BY)}")
+    missing = sum(it.group is None for it in items)
+    if split_by == "group" and missing:
+        raise ConfigError(f"data.split_by=group: {missing} of {len(items)} recordings have no group "
+                          f"(speaker/source) to split by")
+    if split_by == "file" or not items:
+        return False
+    if missing:
+        why = "no recording has a group" if missing == len(items) else f"{missing} of {len(items)} recordings have no group"
+        log.info("%s: random per-file split (%s, so a speaker may appear in several splits)", purpose, why)
+        return False
+    return True
+
+
+def unit_of(item, by_group: bool, root: Path | None) -> str:
+    """What is kept together: the group, or the file (by its path relative to the dataset root, so
+    moving the dataset does not change the split)."""
+    if by_group:
+        return f"group:{item.group}"
+    return os.path.relpath(item.path, root) if root is not None else item.path
+
+
+def carve(items: list, fractions: dict[str, float], seed: int, by_group: bool,
+          root: Path | None = None) -> dict[str, list]:
+    """Divide `items` among the splits named in `fractions` (in order, each taking its fraction of the
+    hash range) and "train" (the rest). A class whose every unit would leave training stays in training."""
+    out = {name: [] for name in (*fractions, "train")}
+    hashes = {}
+    for item in items:
+        h = hashes[unit_of(item, by_group, root)] = unit_hash(seed, unit_of(item, by_group, root))
+        edge = 0.0
+        for name, fraction in fractions.items():
+            edge += fraction
+            if h < edge:
+                out[name].append(item)
+                break
+        else:
+            out["train"].append(item)
+    for name, fraction in fractions.items():
+        # A small dataset can leave a split empty by chance: give it the training unit of lowest hash.
+        if fraction > 0 and not out[name] and len(hashes) > 1:
+            unit = min((unit_of(it, by_group, root) for it in out["train"]), key=hashes.get)
+            out[name] = [it for it in out["train"] if unit_of(it, by_group, root) == unit]
+            out["train"] = [it for it in out["train"] if unit_of(it, by_group, root) != unit]
+    in_train = {it.label for it in out["train"]}
+    stranded = sorted({it.label for it in items} - in_train)
+    if stranded:
+        log.warning("%d classes have too few recordings to give some to %s; all of theirs stay in training: %s",
+                    len(stranded), "/".join(fractions), ", ".join(stranded[:10]))
+        for name in fractions:
+            out["train"] += [it for it in out[name] if it.label in stranded]
+            out[name] = [it for it in out[name] if it.label not in stranded]
+    return out
+
+
+def assign_splits(items: list, val_fraction: float, test_fraction: float, seed: int, split_by: str,
+                  root: Path | None = None) -> dict[str, list]:
+    """Items (with or without a predefined `split`) -> {"train", "val", "test"} (see the module doc)."""
+    bad = sorted({it.split for it in items} - {None, *SPLITS})
+    if bad:
+        raise DataError(f"unknown split names {bad}: expected train, val or test")
+    fixed = {name: [it for it in items if it.split == name] for name in SPLITS}
+    unmarked = [it for it in items if it.split is None]
+    test = fixed["test"]
+    if not test and test_fraction > 0:
+        by_group = use_groups(unmarked, split_by, "test split")
+        carved = carve(unmarked, {"test": test_fraction}, seed, by_group, root)
+        test, unmarked = carved["test"], carved["train"]
+    pool = fixed["train"] + unmarked
+    val = fixed["val"]
+    if not val and val_fraction > 0:
+        by_group = use_groups(pool, split_by, "validation split")
+        # Salted apart from the test carve, so validation is not simply the next slice of the same hash.
+        carved = carve(pool, {"val": val_fraction}, seed + 1, by_group, root)
+        val, pool = carved["val"], carved["train"]
+    splits = {"train": pool, "val": val, "test": test}
+    for name in ("val", "test"):
+        if not splits[name]:
+            key = "val_fraction" if name == "val" else "test_fraction"
+            raise DataError(f"the {name} split is empty: the data defines none and data.{key} "
+                            f"carves no recording from {len(items)}; raise data.{key} or add recordings")
+    return splits
+
+
+# --- cross-validation --------------------------------------------------------------------------
+def cv_scheme(items: list, scheme: str) -> str:
+    """Resolve `auto`: the data's own folds, else its groups, else files."""
+    if scheme not in CV_SCHEMES:
+        raise ConfigError(f"cv.scheme={scheme!r}: expected one of {', '.join(CV_SCHEMES)}")
+    has_folds = all(it.fold is not None for it in items)
+    has_groups = all(it.group is not None for it in items)
+    if scheme == "auto":
+        return "folds" if has_folds else "groups" if has_groups else "files"
+    if scheme == "folds" and not has_folds:
+        raise ConfigError("cv.scheme=folds: this dataset defines no folds (use groups, logo or files)")
+    if scheme in ("groups", "logo") and not has_groups:
+        raise ConfigError(f"cv.scheme={scheme}: not every recording has a group (speaker/source)")
+    return scheme
+
+
+def cv_folds(items: list, scheme: str, num_folds: int, seed: int, root: Path | None = None) -> list[tuple[str, list]]:
+    """[(fold name, test items)] for a resolved scheme. Fold membership is balanced: units are ordered by
+    hash and dealt out in turn (per label for files, so every fold holds every class)."""
+    if scheme == "folds":
+        by_fold = defaultdict(list)
+        for it in items:
+            by_fold[it.fold].append(it)
+        return [(f"fold {f}", by_fold[f]) for f in sorted(by_fold)]
+    if scheme == "logo":
+        by_group = defaultdict(list)
+        for it in items:
+            by_group[it.group].append(it)
+        return [(str(g), by_group[g]) for g in sorted(by_group)]
+    if num_folds < 2:
+        raise ConfigError(f"cv.folds={num_folds}: cross-validation needs at least 2 folds")
+    folds = [[] for _ in range(num_folds)]
+    if scheme == "groups":
+        groups = sorted({it.group for it in items}, key=lambda g: unit_hash(seed, f"group:{g}"))
+        if len(groups) < num_folds:
+            raise ConfigError(f"cv.folds={num_folds}: only {len(groups)} groups to divide")
+        fold_of = {g: i % num_folds for i, g in enumerate(groups)}
+        for it in items:
+            folds[fold_of[it.group]].append(it)
+    else:
+        by_label = defaultdict(lambda: defaultdict(list))
+        for it in items:
+            by_label[it.label][unit_of(it, False, root)].append(it)
+        for label in sorted(by_label):
+            units = sorted(by_label[label], key=lambda u: unit_hash(seed, u))
+            for i, unit in enumerate(units):
+                folds[i % num_folds] += by_label[label][unit]
+    return [(f"fold {i}", fold) for i, fold in enumerate(folds)]
+
+
+def cv_split(items: list, scheme: str, num_folds: int, fold: int, val_fraction: float, seed: int,
+             split_by: str = "auto", root: Path | None = None) -> dict[str, list]:
+    """Fold `fold` as the test split; validation carved from the other folds (by group when known)."""
+    folds = cv_folds(items, cv_scheme(items, scheme), num_folds, seed, root)
+    if not 0 <= fold < len(folds):
+        raise ConfigError(f"data.cv_fold={fold}: there are {len(folds)} folds (0-{len(folds) - 1})")
+    test = folds[fold][1]
+    held_out = set(map(id, test))
+    rest = [it for it in items if id(it) not in held_out]
+    carved = carve(rest, {"val": val_fraction}, seed + 1, use_groups(rest, split_by, "validation split"), root)
+    return {"train": carved["train"], "val": carved["val"], "test": test}
+
+
+# --- checks --------------------------------------------------------------------------------------
+def shared_groups(splits: dict[str, list]) -> dict[str, int]:
+    """{"train/test": number of groups found in both, ...} for groups known in both splits."""
+    groups = {name: {it.group for it in items if it.group is not None} for name, items in splits.items()}
+    pairs = (("train", "val"), ("train", "test"), ("val", "test"))
+    return {f"{a}/{b}": len(groups[a] & groups[b]) for a, b in pairs if groups[a] & groups[b]}
+
+
+def duplicates_across_splits(splits: dict[str, list]) -> list[tuple[str, str, str, str]]:
+    """[(split, path, other split, other path)] for recordings with identical bytes (or the same file)
+    in two splits. Files are compared by size, then by a hash of their first 64 KiB, and only then by a
+    hash of all their content, so datasets of equal-length clips are not read whole at every start."""
+    candidates = [[(name, path) for name, items in splits.items() for path in sorted({it.path for it in items})]]
+    for key in (os.path.getsize, lambda p: _content_hash(p, 1 << 16), _content_hash):
+        groups = defaultdict(list)
+        for group in candidates:
+            for name, path in group:
+                groups[key(path)].append((name, path))
+        # Only groups spanning two splits can hold a leak.
+        candidates = [g for g in groups.values() if len({name for name, _ in g}) > 1]
+    found = []
+    for group in candidates:  # identical content, in two or more splits
+        first_name, first_path = group[0]
+        found += [(first_name, first_path, name, path) for name, path in group[1:] if name != first_name]
+    return found
+
+
+def _content_hash(path: str, limit: int | None = None) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        if limit is not None:
+            h.update(f.read(limit))
+        else:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()

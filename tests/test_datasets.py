@@ -1,0 +1,492 @@
+"""Bring your own data: folder, manifest, Speech Commands and ESC-50 layouts generated in tmp_path,
+hash splits, cross-validation, augmentation and class imbalance."""
+
+import csv
+import json
+import logging
+import shutil
+import zipfile
+from collections import Counter
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audio_cls.augment import BackgroundNoise, RandomGain, RandomShift, WaveformAugment, mixup
+from audio_cls.data.download import download_and_extract
+from audio_cls.data.esc50 import ESC50
+from audio_cls.data.folder import Folder
+from audio_cls.data.manifest import Manifest
+from audio_cls.data.speech_commands import SpeechCommands, which_set
+from audio_cls.data.splits import assign_splits, cv_split
+from audio_cls.data.base import Item
+from audio_cls.errors import ConfigError, DataError
+from audio_cls.features import LogMel, RawWaveform
+from conftest import TONE_CLASSES, run_entry, write_tone, write_tone_dataset
+
+SPEAKER = r"^(?P<group>[^_]+)_"
+
+
+def build(cls, root, features=None, **kwargs):
+    dm = cls(root=str(root), features=features or LogMel(16000, hop_length=160), sample_rate=16000,
+             batch_size=4, num_workers=0, **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def paths(items):
+    return {it.path for it in items}
+
+
+@pytest.fixture
+def tones(tmp_path):
+    root = tmp_path / "tones"
+    write_tone_dataset(root)
+    return root
+
+
+# --- folder per class ------------------------------------------------------------------------
+def test_folder_reads_classes_any_depth_and_formats(tones, caplog):
+    (tones / "low" / "deeper" / "more").mkdir(parents=True)
+    write_tone(tones / "low" / "deeper" / "more" / "eve_0.ogg", sample_rate=16000, subtype="VORBIS")
+    (tones / "mid" / "notes.txt").write_text("not audio")
+    (tones / "mid" / "cover.JPG").write_bytes(b"\xff\xd8")
+    with caplog.at_level(logging.WARNING):
+        dm = build(Folder, tones)
+    assert dm.class_names == sorted(TONE_CLASSES)  # the non-ASCII name is a class like any other
+    every = [it for split in dm.splits.values() for it in split]
+    assert len(every) == 3 * 9 + 1 and any(it.path.endswith("eve_0.ogg") for it in every)
+    assert "Ignored 2 files that are not audio" in caplog.text
+    stereo = next(it for it in every if it.path.endswith("stereo.flac"))  # 44.1 kHz, 2 channels -> 16 kHz mono
+    dataset = dm.dataset(next(s for s, items in dm.splits.items() if stereo in items), returns="waveform")
+    wave = dataset[dataset.items.index(stereo)]["inputs"]
+    assert wave.dim() == 1 and abs(wave.shape[0] - 0.4 * 16000) <= 1
+
+
+def test_folder_with_speakers_is_split_group_disjointly(tones):
+    dm = build(Folder, tones, group_pattern=SPEAKER)
+    groups = {split: {it.group for it in items} for split, items in dm.splits.items()}
+    assert all(groups.values())
+    assert not groups["train"] & groups["val"] and not groups["train"] & groups["test"]
+    assert not groups["val"] & groups["test"]
+
+
+def test_without_groups_the_split_is_per_file_and_says_so(tones, caplog):
+    with caplog.at_level(logging.INFO):
+        build(Folder, tones)
+    assert "random per-file split (no recording has a group" in caplog.text
+
+
+def test_folder_bad_layouts_are_named(tmp_path):
+    with pytest.raises(DataError, match="no such directory"):
+        build(Folder, tmp_path / "absent")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "readme.txt").write_text("x")
+    with pytest.raises(DataError, match=r"no audio files \(.wav, .flac, .ogg\) in class folders"):
+        build(Folder, tmp_path)
+    write_tone_dataset(tmp_path)
+    (tmp_path / "empty_class").mkdir()
+    with pytest.raises(DataError, match="class folders with no audio files: a, empty_class"):
+        build(Folder, tmp_path)
+    with pytest.raises(ConfigError, match=r"data.group_pattern='\^x': needs a named field"):
+        build(Folder, tmp_path, group_pattern="^x")
+
+
+# --- hash splits ---------------------------------------------------------------------------
+def test_splits_are_deterministic_stable_when_files_are_added_and_seeded(tones):
+    before = build(Folder, tones, group_pattern=SPEAKER).splits
+    assert build(Folder, tones, group_pattern=SPEAKER).splits == before
+    for n in range(6):  # a new speaker and more recordings of the known ones
+        for label, freq in TONE_CLASSES.items():
+            write_tone(tones / label / f"{['zed', 'ann', 'bob'][n % 3]}_new{n}.wav", sample_rate=16000, freq=freq)
+    after = build(Folder, tones, group_pattern=SPEAKER).splits
+    for split in before:
+        assert paths(before[split]) <= paths(after[split]), split  # no file changed its split
+    other_seed = build(Folder, tones, split_seed=7).splits
+    assert paths(other_seed["test"]) != paths(build(Folder, tones).splits["test"])
+
+
+def test_hash_split_of_a_larger_collection_has_the_requested_shares():
+    items = [Item(f"/d/{label}/{i}.wav", label, group=f"s{i % 50}") for label in "abcd" for i in range(250)]
+    splits = assign_splits(items, 0.1, 0.2, seed=0, split_by="auto")
+    assert {len(v) for v in splits.values()} and sum(map(len, splits.values())) == 1000
+    by_group = {s: {it.group for it in v} for s, v in splits.items()}
+    assert len(by_group["test"]) + len(by_group["val"]) + len(by_group["train"]) == 50  # disjoint
+    assert 0.1 <= len(splits["test"]) / 1000 <= 0.32 and 0.04 <= len(splits["val"]) / 1000 <= 0.2
+    per_file = assign_splits(items, 0.1, 0.2, seed=0, split_by="file")
+    assert 0.17 <= len(per_file["test"]) / 1000 <= 0.23  # per file, the share is close to the fraction
+    with pytest.raises(ConfigError, match="data.split_by=group: 1 of 1001 recordings have no group"):
+        assign_splits(items + [Item("/d/x.wav", "a")], 0.1, 0.2, seed=0, split_by="group")
+
+
+def test_run_directory_gets_split_membership(tones, tmp_path):
+    dm = build(Folder, tones, group_pattern=SPEAKER)
+    dm.write_split_files(tmp_path)
+    with (tmp_path / "splits.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    assert {(r["split"], r["path"]) for r in rows} == {(s, it.path) for s, v in dm.splits.items() for it in v}
+    assert any(r["label"] == "höch_音" for r in rows)
+
+
+def test_duplicates_across_splits_are_counted(tones, tmp_path, caplog):
+    dm = build(Folder, tones, group_pattern=SPEAKER)
+    test_file = dm.splits["test"][0]
+    copy = tones / test_file.label / f"{dm.splits['train'][0].group}_copy.wav"
+    shutil.copy(test_file.path, copy)  # the same recording under a training speaker's name
+    with caplog.at_level(logging.WARNING):
+        dm = build(Folder, tones, group_pattern=SPEAKER)
+    assert "1 recordings have an identical copy in another split" in caplog.text
+    assert {dm.duplicates[0][1], dm.duplicates[0][3]} == {test_file.path, str(copy)}
+    dm.write_split_files(tmp_path)
+    assert len((tmp_path / "duplicate_files.csv").read_text().splitlines()) == 2
+
+
+# --- manifest --------------------------------------------------------------------------------
+def write_manifest(root, rows, header="path,label,split,group,start,end"):
+    (root / "manifest.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return root / "manifest.csv"
+
+
+def test_manifest_with_splits_groups_and_segments(tmp_path):
+    (tmp_path / "audio").mkdir()
+    for i, (label, freq) in enumerate(TONE_CLASSES.items()):
+        write_tone(tmp_path / "audio" / f"long_{i}.wav", seconds=3.0, sample_rate=16000, freq=freq)
+    rows = [f"audio/long_{i}.wav,{label},{split},spk{i},{start},{start + 0.5}"
+            for i, label in enumerate(TONE_CLASSES)
+            for split, start in (("train", 0.0), ("train", 0.5), ("val", 1.0), ("test", 2.0))]
+    manifest = write_manifest(tmp_path, rows)
+    dm = build(Manifest, manifest, features=RawWaveform())
+    assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [6, 3, 3]
+    assert {it.start for it in dm.splits["test"]} == {2.0}
+    batch = next(iter(dm.val_dataloader()))
+    assert (batch["lengths"] == 8000).all()  # 0.5 s segments at 16 kHz
+    assert build(Manifest, tmp_path, features=RawWaveform()).splits == dm.splits  # a folder with manifest.csv
+
+
+def test_manifest_without_split_column_is_split_by_group(tones):
+    files = write_tone_dataset(tones)
+    rows = [f"{p.relative_to(tones)},{label},,{speaker},," for p, label, speaker in files]
+    dm = build(Manifest, write_manifest(tones, rows))
+    groups = {s: {it.group for it in v} for s, v in dm.splits.items()}
+    assert not groups["train"] & groups["test"] and not groups["train"] & groups["val"]
+
+
+@pytest.mark.parametrize("header,row,message", [
+    ("path,label,speaker", "a.wav,x,ann", r"unknown columns \['speaker'\]"),
+    ("file,label", "a.wav,x", "no path column"),
+    ("path,label", "missing.wav,x", r"manifest.csv line 2: missing.wav does not exist"),
+    ("path,label", "a.wav,", r"line 2: empty label"),
+    ("path,label,split", "a.wav,x,dev", r"line 2: split 'dev' is not one of train, val, test"),
+    ("path,label,start,end", "a.wav,x,1.0,0.5", r"line 2: end \(0.5\) must be after start \(1.0\)"),
+    ("path,label,start", "a.wav,x,abc", r"line 2: start 'abc' is not a number of seconds"),
+])
+def test_manifest_errors_name_the_line_and_problem(tmp_path, header, row, message):
+    write_tone(tmp_path / "a.wav", seconds=0.5, sample_rate=16000)
+    with pytest.raises(DataError, match=message):
+        build(Manifest, write_manifest(tmp_path, [row], header=header))
+
+
+def test_manifest_segment_past_the_end_is_named(tmp_path):
+    write_tone(tmp_path / "a.wav", seconds=0.5, sample_rate=16000)
+    rows = ["a.wav,x,train,0.0,0.2", "a.wav,x,val,0.2,0.4", "a.wav,x,test,0.3,9.0"]
+    with pytest.raises(DataError, match=r"a.wav: segment 0.3-9.0 s does not fit in the recording \(0.500 s\)"):
+        build(Manifest, write_manifest(tmp_path, rows, header="path,label,split,start,end"))
+
+
+def test_manifest_missing_files_can_be_skipped_and_counted(tones, caplog):
+    files = write_tone_dataset(tones)
+    rows = [f"{p.relative_to(tones)},{label},,{speaker},," for p, label, speaker in files] + [
+        "low/gone_1.wav,low,,ann,,", "low/gone_2.wav,low,,ann,,"]
+    with caplog.at_level(logging.WARNING):
+        dm = build(Manifest, write_manifest(tones, rows), on_bad_file="skip")
+    assert len(dm.skipped) == 2 and "no such file" in dm.skipped[0][1]
+    assert "Skipped 2 files" in caplog.text
+
+
+def test_label_only_in_test_is_an_error(tmp_path):
+    write_tone_dataset(tmp_path)
+    rows = [f"{label}/ann_0.wav,{label},train,," for label in TONE_CLASSES] + [
+        f"{label}/bob_1.wav,{label},val,," for label in TONE_CLASSES] + ["low/cem_2.wav,owl,test,,"]
+    with pytest.raises(DataError, match=r"labels \['owl'\] occur in the test split but not in training"):
+        build(Manifest, write_manifest(tmp_path, rows, header="path,label,split,group,start"))
+
+
+# --- Speech Commands ---------------------------------------------------------------------------
+def make_speech_commands(root, words=("yes", "no", "up", "bed"), speakers=8, lists=True):
+    for w, word in enumerate(words):
+        (root / word).mkdir(parents=True)
+        for s in range(speakers):
+            write_tone(root / word / f"{s:08x}_nohash_0.wav", seconds=1.0, sample_rate=16000, freq=300 + 200 * w)
+    (root / "_background_noise_").mkdir()
+    sf.write(str(root / "_background_noise_" / "white.wav"), 0.1 * np.random.default_rng(0).standard_normal(16000 * 5),
+             16000)
+    if lists:
+        (root / "validation_list.txt").write_text("".join(f"{w}/00000001_nohash_0.wav\n" for w in words))
+        (root / "testing_list.txt").write_text("".join(f"{w}/00000002_nohash_0.wav\n" for w in words))
+
+
+def test_speech_commands_official_lists(tmp_path):
+    make_speech_commands(tmp_path)
+    dm = build(SpeechCommands, tmp_path, download=False)
+    assert dm.class_names == ["bed", "no", "up", "yes"]
+    assert {it.group for it in dm.splits["val"]} == {"00000001"} and {it.group for it in dm.splits["test"]} == {"00000002"}
+    assert len(dm.splits["train"]) == 4 * 6
+
+
+def test_speech_commands_hash_rule_without_lists(tmp_path):
+    make_speech_commands(tmp_path, speakers=40, lists=False)
+    dm = build(SpeechCommands, tmp_path, download=False)
+    for split, items in dm.splits.items():
+        assert all(which_set(it.path) == split for it in items)
+        for it in items:  # a speaker's recordings of every word share its split
+            assert which_set(f"{it.group}_nohash_7.wav") == split
+    # the dataset README's rule, computed independently for one name
+    import hashlib
+    h = int(hashlib.sha1(b"0000000a").hexdigest(), 16) % (2**27) * (100.0 / (2**27 - 1))
+    assert which_set("0000000a_nohash_3.wav") == ("val" if h < 10 else "test" if h < 20 else "train")
+
+
+def test_speech_commands_twelve_class_setup(tmp_path):
+    make_speech_commands(tmp_path)
+    dm = build(SpeechCommands, tmp_path, words=["yes", "no", "up"], silence=True, download=False)
+    assert dm.class_names == ["_silence_", "_unknown_", "no", "up", "yes"]
+    every = [it for items in dm.splits.values() for it in items]
+    silence = [it for it in every if it.label == "_silence_"]
+    assert len(silence) == 5 and all(it.end - it.start == 1.0 for it in silence)
+    assert Counter(it.label for it in every)["_unknown_"] == 8  # the 'bed' recordings
+    wave = dm.dataset("train", returns="waveform", augment=False)
+    assert all(x["inputs"].shape[0] == 16000 for x in (wave[i] for i in range(len(wave))) if x is not None)
+
+
+def test_offline_download_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr("audio_cls.data.speech_commands.URL", "http://127.0.0.1:9/speech_commands_v0.02.tar.gz")
+    dm = SpeechCommands(root=str(tmp_path / "sc"), features=LogMel(16000), sample_rate=16000)
+    with pytest.raises(DataError, match=r"Speech Commands v0.02 is not there and downloading it failed .*"
+                                        r"On a machine with internet, download http://127.0.0.1:9/"):
+        dm.prepare_data()
+    assert not (tmp_path / "sc").exists()  # nothing half-written
+    with pytest.raises(DataError, match="no word folders; set data.download=true"):
+        SpeechCommands(root=str(tmp_path / "sc"), features=LogMel(16000), sample_rate=16000,
+                       download=False).prepare_data()
+
+
+# --- ESC-50 ----------------------------------------------------------------------------------
+def make_esc50(root, classes=("dog", "rain", "siren"), per_fold=2):
+    (root / "meta").mkdir(parents=True)
+    (root / "audio").mkdir()
+    rows = ["filename,fold,target,category,esc10,src_file,take"]
+    for c, category in enumerate(classes):
+        for fold in range(1, 6):
+            for k in range(per_fold):
+                name = f"{fold}-{c}{fold}{k}-A-{c}.wav"
+                write_tone(root / "audio" / name, seconds=0.5, sample_rate=44100, freq=400 + 600 * c)
+                rows.append(f"{name},{fold},{c},{category},{c == 0},{c}{fold}{k},A")
+    (root / "meta" / "esc50.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_esc50_splits_by_fold(tmp_path):
+    make_esc50(tmp_path)
+    dm = build(ESC50, tmp_path, download=False)
+    assert {it.fold for it in dm.splits["test"]} == {5} and {it.fold for it in dm.splits["val"]} == {4}
+    assert {it.fold for it in dm.splits["train"]} == {1, 2, 3} and dm.class_names == ["dog", "rain", "siren"]
+    carved = build(ESC50, tmp_path, val_fold=None, download=False)
+    assert {it.fold for it in carved.splits["val"]} <= {1, 2, 3, 4} and {it.fold for it in carved.splits["test"]} == {5}
+    assert build(ESC50, tmp_path, esc10=True, download=False).class_names == ["dog"]  # the esc10 column
+
+
+def test_esc50_missing_recordings_and_folds_are_named(tmp_path):
+    make_esc50(tmp_path)
+    (tmp_path / "audio" / "1-010-A-0.wav").unlink()
+    with pytest.raises(DataError, match=r"1 recordings listed in meta/esc50.csv are missing \(e.g. 1-010-A-0.wav\)"):
+        build(ESC50, tmp_path, download=False)
+    with pytest.raises(ConfigError, match="data.test_fold=6: ESC-50 has folds 1-5"):
+        ESC50(root=str(tmp_path), test_fold=6, features=LogMel(16000), sample_rate=16000)
+
+
+def test_download_checks_and_unpacks_an_archive(tmp_path):
+    make_esc50(tmp_path / "src" / "ESC-50-master")
+    archive = tmp_path / "master.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for p in (tmp_path / "src").rglob("*"):
+            z.write(p, p.relative_to(tmp_path / "src"))
+    download_and_extract(archive.as_uri(), tmp_path / "esc50", "ESC-50", strip="ESC-50-master")
+    assert (tmp_path / "esc50" / "meta" / "esc50.csv").is_file()
+    assert len(list((tmp_path / "esc50" / "audio").glob("*.wav"))) == 30
+    with pytest.raises(DataError, match="the download is corrupt or changed"):
+        download_and_extract(archive.as_uri(), tmp_path / "again", "ESC-50", sha256="0" * 64, strip="ESC-50-master")
+    assert not (tmp_path / "again").exists()
+
+
+# --- cross-validation --------------------------------------------------------------------------
+def test_cv_folds_keep_the_test_fold_out_of_training(tones):
+    items = Folder(root=str(tones), features=LogMel(16000), sample_rate=16000, group_pattern=SPEAKER).scan()
+    seen_test = []
+    for fold in range(3):
+        splits = cv_split(items, "groups", 3, fold, 0.2, seed=0)
+        test_groups = {it.group for it in splits["test"]}
+        assert not test_groups & {it.group for it in splits["train"] + splits["val"]}
+        seen_test += paths(splits["test"])
+    assert sorted(seen_test) == sorted(paths(items))  # every recording is tested exactly once
+    logo = [cv_split(items, "logo", 0, k, 0.2, seed=0)["test"] for k in range(4)]
+    assert [{it.group for it in t} for t in logo] == [{"ann"}, {"bob"}, {"cem"}, {"dia"}]
+    with pytest.raises(ConfigError, match="data.cv_fold=4: there are 4 folds"):
+        cv_split(items, "logo", 0, 4, 0.2, seed=0)
+
+
+def test_cv_command_on_a_three_fold_dataset(tones, tmp_path):
+    files = write_tone_dataset(tones)
+    rows = [f"{p.relative_to(tones)},{label},{speaker},{i % 3 + 1}" for i, (p, label, speaker) in enumerate(files)]
+    manifest = write_manifest(tones, rows, header="path,label,group,fold")
+    run_dir = tmp_path / "cv"
+    proc = run_entry("audio_cls.cv", "data=manifest", f"data.root={manifest}", f"hydra.run.dir={run_dir}",
+                     "trainer.max_epochs=2", "data.num_workers=0", "data.batch_size=8", "trainer.accelerator=cpu",
+                     "model.channels=[8]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with (run_dir / "cv_results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["fold"] for r in table] == ["0", "1", "2", "mean", "std"]
+    assert [r["held_out"] for r in table[:3]] == ["fold 1", "fold 2", "fold 3"]
+    accs = [float(r["test/acc"]) for r in table[:3]]
+    for k in range(3):
+        fold_metrics = json.loads((run_dir / f"fold_{k}" / "metrics.json").read_text())
+        assert fold_metrics["status"] == "finished" and fold_metrics["test/acc"] == pytest.approx(accs[k])
+        with (run_dir / f"fold_{k}" / "splits.csv").open(encoding="utf-8") as f:
+            membership = list(csv.DictReader(f))
+        test = {r["path"] for r in membership if r["split"] == "test"}
+        assert test == {str(p) for i, (p, _, _) in enumerate(files) if i % 3 == k}
+        assert not test & {r["path"] for r in membership if r["split"] != "test"}
+    assert float(table[3]["test/acc"]) == pytest.approx(np.mean(accs))
+    assert float(table[4]["test/acc"]) == pytest.approx(np.std(accs, ddof=1))
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    assert summary["test/acc_mean"] == pytest.approx(np.mean(accs)) and len(summary["folds"]) == 3
+    assert "mean ± std" in (run_dir / "cv_results.md").read_text()
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+
+    # an interrupted cross-validation continues: finished folds are read, not trained again
+    (run_dir / "fold_2" / "metrics.json").unlink()
+    shutil.rmtree(run_dir / "fold_2" / "checkpoints")
+    again = run_entry("audio_cls.cv", "data=manifest", f"data.root={manifest}", f"hydra.run.dir={run_dir}",
+                      "resume=true", "trainer.max_epochs=2", "data.num_workers=0", "data.batch_size=8",
+                      "trainer.accelerator=cpu", "model.channels=[8]")
+    assert again.returncode == 0, again.stderr[-3000:]
+    log = (run_dir / "cv.log").read_text()
+    assert log.count("Fold 0 finished earlier") == 1 and log.count("Fold 2 finished earlier") == 0
+
+
+# --- augmentation --------------------------------------------------------------------------------
+def test_waveform_augmentations_do_what_they_say(tmp_path):
+    torch.manual_seed(0)
+    wave = torch.sin(torch.linspace(0, 400, 16000))
+    gained = RandomGain(6.0, 6.0)(wave)
+    torch.testing.assert_close(gained, wave * 10 ** (6 / 20))
+    shifted = RandomShift(100)(wave)
+    assert shifted.shape == wave.shape and not torch.equal(shifted, wave)
+    noise_dir = tmp_path / "noise"
+    noise_dir.mkdir()
+    sf.write(str(noise_dir / "n.wav"), 0.3 * np.random.default_rng(1).standard_normal(8000), 8000)
+    noisy = BackgroundNoise(str(noise_dir), 16000, snr_db=(10.0, 10.0))(wave)
+    snr = 10 * torch.log10(wave.pow(2).mean() / (noisy - wave).pow(2).mean())
+    assert abs(snr.item() - 10.0) < 0.01
+    assert not WaveformAugment(16000).active
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="augment.waveform.noise_dir=.*empty: no audio files"):
+        BackgroundNoise(str(tmp_path / "empty"), 16000)
+
+
+def test_augmentation_changes_training_data_only(tones, tmp_path):
+    noise_dir = tmp_path / "noise"
+    noise_dir.mkdir()
+    sf.write(str(noise_dir / "n.wav"), 0.3 * np.random.default_rng(1).standard_normal(16000), 16000)
+    augment = WaveformAugment(16000, gain_db=(-6, 6), shift=0.05, noise_dir=str(noise_dir))
+    spec = {"freq_mask": 8, "time_mask": 5}
+    plain = build(Folder, tones, features=LogMel(16000, hop_length=160))
+    augmented = build(Folder, tones, features=LogMel(16000, hop_length=160, spec_augment=spec),
+                      waveform_augment=augment)
+    for split in ("val", "test"):
+        a, b = plain.dataset(split), augmented.dataset(split)
+        for i in range(len(a)):
+            torch.testing.assert_close(a[i]["inputs"], b[i]["inputs"])
+    a, b = plain.dataset("train"), augmented.dataset("train")
+    assert all(not torch.allclose(a[i]["inputs"], b[i]["inputs"]) for i in range(len(a)))
+    assert all(torch.equal(a[i]["inputs"], augmented.dataset("train", augment=False)[i]["inputs"]) for i in range(3))
+    with pytest.raises(ConfigError, match="augment.waveform is on but features.placement=cache"):
+        build(Folder, tones, features=LogMel(16000, placement="cache"), waveform_augment=augment)
+
+
+def test_mixup_mixes_pairs_and_trains(tones):
+    torch.manual_seed(0)
+    x, lengths = torch.randn(4, 10, 3), torch.tensor([10, 7, 5, 2])
+    mixed, mixed_lengths, perm, lam = mixup(x, lengths, alpha=0.4)
+    torch.testing.assert_close(mixed, lam * x + (1 - lam) * x[perm])
+    assert (mixed_lengths == torch.maximum(lengths, lengths[perm])).all()
+
+    import lightning as L
+    from audio_cls.model import CNN1d
+    from audio_cls.module import AudioClassifier
+
+    dm = build(Folder, tones)
+    module = AudioClassifier(CNN1d(64, 3, channels=[8]), dm.features, dm.class_names, mixup_alpha=0.4)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    with pytest.raises(ConfigError, match="augment.mixup_alpha=-1"):
+        AudioClassifier(CNN1d(64, 3), None, ["a", "b", "c"], mixup_alpha=-1)
+
+
+# --- imbalance --------------------------------------------------------------------------------
+def test_balanced_sampling_draws_classes_equally(tmp_path):
+    for label, count in (("common", 60), ("rare", 6)):
+        (tmp_path / label).mkdir()
+        for i in range(count):
+            write_tone(tmp_path / label / f"{i}.wav", seconds=0.1, sample_rate=16000)
+    plain = build(Folder, tmp_path, val_fraction=0.05, test_fraction=0.05)
+    balanced = build(Folder, tmp_path, val_fraction=0.05, test_fraction=0.05, balanced_sampling=True)
+    def drawn(dm):
+        loader = dm.train_dataloader()
+        counts = Counter()
+        for epoch in range(5):
+            loader.sampler.set_epoch(epoch)
+            counts.update(dm.splits["train"][i].label for i in loader.sampler)
+        return counts["rare"] / sum(counts.values())
+    assert drawn(plain) < 0.15 and 0.4 < drawn(balanced) < 0.6
+
+
+# --- every data and augment config, as composed from the command line ---------------------------
+@pytest.mark.parametrize("option", ["fsdd", "folder", "manifest", "esc50", "speech_commands"])
+def test_each_data_config_composes_checks_and_builds(option, tmp_path, fsdd_slice):
+    from test_configs import compose_train, options
+
+    from audio_cls.config_checks import check_config
+
+    assert set(options("data")) == {"_base", "fsdd", "folder", "manifest", "esc50", "speech_commands"}
+    root = {"fsdd": lambda: fsdd_slice, "folder": lambda: (write_tone_dataset(tmp_path), tmp_path)[1],
+            "esc50": lambda: (make_esc50(tmp_path), tmp_path)[1],
+            "speech_commands": lambda: (make_speech_commands(tmp_path), tmp_path)[1],
+            "manifest": lambda: write_manifest(tmp_path, [f"{p.relative_to(tmp_path)},{label},,{spk},,"
+                                                          for p, label, spk in write_tone_dataset(tmp_path)])}[option]()
+    cfg = compose_train([f"data={option}", f"data.root={root}", "data.num_workers=0", "augment=speech"], tmp_path)
+    check_config(cfg)
+    dm = instantiate_data(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.num_classes >= 3 and all(dm.splits.values())
+    assert dm.waveform_augment is not None and dm.features.spec_augment is not None  # augment=speech reached both
+
+
+def instantiate_data(cfg):
+    from hydra.utils import instantiate
+
+    return instantiate(cfg.data, features=instantiate(cfg.features),
+                       waveform_augment=instantiate(cfg.augment.waveform))
+
+
+def test_augmentation_is_off_by_default(tmp_path, fsdd_slice):
+    from test_configs import compose_train
+
+    cfg = compose_train([f"data.root={fsdd_slice}", "data.num_workers=0"], tmp_path)
+    assert cfg.augment.mixup_alpha == 0 and cfg.features.spec_augment is None
+    dm = instantiate_data(cfg)
+    assert dm.waveform_augment is None and dm.features.spec_augment is None and not dm.balanced_sampling
