@@ -1,0 +1,253 @@
+"""Labelling new audio with a trained model: `Classifier.from_checkpoint(path).predict(file_or_waveform)`.
+
+    file or waveform -> mono at the model's rate -> windows (batched) -> front end -> network -> softmax
+                     -> per-window probabilities -> file-level aggregate (mean or max) -> top-k labels
+
+Windows: a model trained on fixed-length clips (`data.duration`) sees the same length here, in windows
+`hop` seconds apart (half a window by default); one trained on whole recordings sees each file whole,
+unless `window` is set. A recording shorter than a window, and the last partial window, are zero-padded
+at the end as training pads (`crop_or_pad`); the padding counts as signal, as it did in training.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchaudio
+
+from audio_cls.audio import audio_info, load_audio
+from audio_cls.errors import ConfigError, DataError
+from audio_cls.features import FeatureExtractor
+from audio_cls.module import AudioClassifier
+
+log = logging.getLogger(__name__)
+
+AGGREGATES = ("mean", "max")
+
+
+@dataclass
+class WindowPrediction:
+    start_s: float
+    end_s: float              # where the window ends, padding included
+    padded: bool              # it reaches past the end of the recording
+    probabilities: list[float]  # one per class
+
+
+@dataclass
+class Prediction:
+    """The result for one recording. `scores` holds every class's aggregate probability (they sum to 1
+    with aggregate="mean"; with "max" each is that class's highest window probability)."""
+
+    labels: list[str]           # top-k, best first
+    probabilities: list[float]  # their scores
+    scores: list[float]         # one per class, in `class_names` order
+    duration_s: float
+    num_windows: int
+    padded: bool                # shorter than one window (or than the network accepts): zero-padded
+    notes: list[str] = field(default_factory=list)
+    windows: list[WindowPrediction] | None = None
+
+    @property
+    def label(self) -> str:
+        return self.labels[0]
+
+    @property
+    def probability(self) -> float:
+        return self.probabilities[0]
+
+
+def minimum_samples(features: FeatureExtractor, net: torch.nn.Module, limit: int = 1 << 24) -> int:
+    """The fewest samples the network accepts: a CNN's convolutions and pooling need a few frames."""
+    frames = 1
+    if hasattr(net, "block_lengths"):  # CNNs compute their length after every block
+        while min(net.block_lengths(frames)) < 1:
+            frames += 1
+    low, high = 1, 1
+    while features.num_frames(high) < frames:
+        high *= 2
+        if high > limit:
+            raise ConfigError(f"model: needs more than {limit} samples per input")
+    while low < high:  # the smallest sample count giving `frames` frames
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if features.num_frames(mid) < frames else (low, mid)
+    return low
+
+
+class Classifier:
+    """A trained network with its front end, in eval mode, for inference on any device.
+
+    Args:
+        module: an AudioClassifier (e.g. `AudioClassifier.from_checkpoint(path)`).
+        window: seconds per window; None: the training clip length (`data.duration`), or whole files when
+            training used whole recordings; "whole": whole files.
+        hop: seconds between window starts; None: half a window.
+        aggregate: "mean" or "max" of the window probabilities.
+        top_k: labels returned per recording.
+        batch_size: windows per forward pass.
+        device: "cpu", "cuda", "cuda:1", ...; "auto" picks a GPU when there is one.
+    """
+
+    def __init__(self, module: AudioClassifier, window: float | str | None = None, hop: float | None = None,
+                 aggregate: str = "mean", top_k: int = 3, batch_size: int = 32, device: str = "cpu"):
+        config = module.hparams.get("config") or {}
+        if not (config.get("data") or {}).get("sample_rate") or module.features is None:
+            raise ConfigError("Classifier needs an AudioClassifier with its feature extractor and the training "
+                              "config (data.sample_rate), as audio_cls.train saves them")
+        self.sample_rate = int(config["data"]["sample_rate"])
+        self.class_names = list(module.class_names)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            self.device = torch.device(device)
+        except RuntimeError:
+            raise ConfigError(f"device={device!r}: expected auto, cpu, cuda or cuda:N") from None
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"device={device}: no CUDA GPU here; use device=cpu or auto")
+        self.module = module.eval().to(self.device)
+        self.features, self.net = self.module.features, self.module.net
+        self.min_samples = minimum_samples(self.features, self.net)
+
+        if aggregate not in AGGREGATES:
+            raise ConfigError(f"aggregate={aggregate!r}: expected one of {', '.join(AGGREGATES)}")
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ConfigError(f"top_k={top_k!r}: must be a positive integer")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size={batch_size!r}: must be a positive integer")
+        self.aggregate, self.top_k, self.batch_size = aggregate, min(top_k, len(self.class_names)), batch_size
+        self.window, self.hop = self._window_and_hop(window, hop, config["data"].get("duration"))
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", **settings) -> "Classifier":
+        """Everything comes from the checkpoint (classes, rate, front end and its statistics, network);
+        `settings` are the other arguments of Classifier."""
+        return cls(AudioClassifier.from_checkpoint(str(path)), device=device, **settings)
+
+    def _window_and_hop(self, window, hop, trained_duration) -> tuple[int | None, int | None]:
+        """Window and hop in samples; (None, None) for whole files."""
+        if window is None:
+            window = trained_duration
+        elif window == "whole":
+            window = None
+        elif isinstance(window, str) or not window > 0:
+            raise ConfigError(f"window={window!r}: expected seconds > 0, null (the training clip length) or 'whole'")
+        if window is None:
+            if hop is not None:
+                raise ConfigError(f"hop={hop}: whole recordings are predicted at once; set window= too")
+            return None, None
+        samples = round(window * self.sample_rate)
+        if samples < self.min_samples:
+            raise ConfigError(f"window={window}: {samples} samples, but the network needs at least "
+                              f"{self.min_samples} ({self.min_samples / self.sample_rate:.3f} s)")
+        if hop is not None and not hop > 0:
+            raise ConfigError(f"hop={hop}: must be positive seconds")
+        hop_samples = max(1, round(hop * self.sample_rate)) if hop is not None else max(1, samples // 2)
+        return samples, hop_samples
+
+    @property
+    def window_s(self) -> float | None:
+        return None if self.window is None else self.window / self.sample_rate
+
+    @property
+    def hop_s(self) -> float | None:
+        return None if self.hop is None else self.hop / self.sample_rate
+
+    # --- the batched core ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def probabilities(self, waveforms: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Softmax probabilities (batch, num_classes) of a padded batch of waveforms (batch, samples) at
+        the model's rate, `lengths` in samples (all of them when None): front end, network, softmax."""
+        waveforms = waveforms.to(self.device, torch.float32)
+        if lengths is None:
+            lengths = torch.full((waveforms.shape[0],), waveforms.shape[1])
+        lengths = lengths.to(self.device)
+        x = self.features(waveforms, lengths)
+        frames = self.features.num_frames(lengths).clamp(max=x.shape[1])
+        return self.net(x, frames).softmax(dim=-1).float().cpu()
+
+    # --- one recording -------------------------------------------------------------------------------
+    def predict(self, x: str | Path | torch.Tensor | np.ndarray, sample_rate: int | None = None, *,
+                start: float | None = None, end: float | None = None, windows: bool = False) -> Prediction:
+        """Label a file (optionally its segment from `start` to `end` seconds) or a 1-D waveform.
+
+        A waveform is taken at `sample_rate` (default: the model's rate) and resampled if that differs.
+        `windows=True` adds every window's probabilities to the result.
+        """
+        wave, notes = self.load(x, sample_rate, start=start, end=end)
+        return self.predict_waveform(wave, windows=windows, notes=notes)
+
+    def load(self, x: str | Path | torch.Tensor | np.ndarray, sample_rate: int | None = None, *,
+             start: float | None = None, end: float | None = None) -> tuple[torch.Tensor, list[str]]:
+        """A file, segment or waveform as a mono waveform (samples,) at the model's rate, with notes on
+        what was done to it (resampled, channels averaged)."""
+        notes: list[str] = []
+        if isinstance(x, (str, Path)):
+            return self._read(Path(x), start, end, notes), notes
+        return self._waveform(x, sample_rate, notes), notes
+
+    def _read(self, path: Path, start: float | None, end: float | None, notes: list[str]) -> torch.Tensor:
+        if path.is_file() and path.stat().st_size == 0:
+            raise DataError(f"{path}: empty file (0 bytes)")
+        info = audio_info(path)  # a clear DataError for unreadable files and those without samples
+        if info.samplerate != self.sample_rate:
+            notes.append(f"resampled from {info.samplerate} Hz to {self.sample_rate} Hz")
+            log.info("%s: %s (the model's rate)", path, notes[-1])
+        if info.channels > 1:
+            notes.append(f"{info.channels} channels averaged to mono")
+        if start is None and end is None:
+            return load_audio(path, self.sample_rate)
+        return load_audio(path, self.sample_rate, start=start, end=end)
+
+    def _waveform(self, x, sample_rate: int | None, notes: list[str]) -> torch.Tensor:
+        wave = torch.as_tensor(x).detach().float().cpu()
+        if wave.dim() != 1:
+            raise DataError(f"waveform of shape {tuple(wave.shape)}: expected one channel, (samples,); "
+                            f"average the channels first")
+        if wave.numel() == 0:
+            raise DataError("waveform: empty (0 samples)")
+        if not torch.isfinite(wave).all():
+            raise DataError(f"waveform: contains {int((~torch.isfinite(wave)).sum())} NaN or infinite samples")
+        if sample_rate is not None and sample_rate != self.sample_rate:
+            notes.append(f"resampled from {sample_rate} Hz to {self.sample_rate} Hz")
+            log.info("waveform: %s (the model's rate)", notes[-1])
+            wave = torchaudio.functional.resample(wave, int(sample_rate), self.sample_rate)
+        return wave
+
+    def predict_waveform(self, wave: torch.Tensor, windows: bool = False,
+                         notes: list[str] | None = None) -> Prediction:
+        """Label a mono waveform (samples,) already at the model's rate."""
+        notes = list(notes or [])
+        n = wave.numel()
+        if self.window is None:  # whole file, padded to what the network accepts
+            batch, starts, size = self._pad(wave, max(n, self.min_samples))[None], [0], max(n, self.min_samples)
+        else:
+            batch, starts = self._windows(wave)
+            size = self.window
+        padded = n < size
+        if padded:
+            notes.append(f"shorter than {'a window' if self.window else 'the network accepts'} "
+                         f"({n / self.sample_rate:.3f} s < {size / self.sample_rate:.3f} s): zero-padded")
+        probs = torch.cat([self.probabilities(chunk) for chunk in batch.split(self.batch_size)])
+        scores = probs.mean(0) if self.aggregate == "mean" else probs.amax(0)
+        top = scores.topk(self.top_k)
+        return Prediction(
+            labels=[self.class_names[i] for i in top.indices.tolist()], probabilities=top.values.tolist(),
+            scores=scores.tolist(), duration_s=n / self.sample_rate, num_windows=len(starts), padded=padded,
+            notes=notes,
+            windows=[WindowPrediction(s / self.sample_rate, (s + size) / self.sample_rate, s + size > n, p.tolist())
+                     for s, p in zip(starts, probs)] if windows else None)
+
+    def _windows(self, wave: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+        """(count, window) windows `hop` apart covering the whole recording; the last one is zero-padded."""
+        n = wave.numel()
+        count = 1 if n <= self.window else 1 + math.ceil((n - self.window) / self.hop)
+        padded = self._pad(wave, (count - 1) * self.hop + self.window)
+        return padded.unfold(0, self.window, self.hop), [i * self.hop for i in range(count)]
+
+    @staticmethod
+    def _pad(wave: torch.Tensor, length: int) -> torch.Tensor:
+        return torch.nn.functional.pad(wave, (0, length - wave.numel())) if wave.numel() < length else wave

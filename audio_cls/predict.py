@@ -1,0 +1,247 @@
+"""Label new audio: `python -m audio_cls.predict ckpt_path=CKPT input=PATH [output_dir=DIR] [window=...]`.
+
+`input` is an audio file, a folder (searched recursively for .wav/.flac/.ogg) or a CSV manifest with a
+`path` column (relative to the manifest; optional `start`/`end` seconds select a segment, an optional
+`label` column adds the true label and the accuracy; other columns are ignored). Writes to output_dir:
+
+    predictions.csv   one row per file: status, top-k labels and probabilities, duration, windows,
+                      padded, notes (e.g. resampled), and the error for files that could not be read
+    predictions.json  the same with every class's probability and the settings used
+    windows.csv       with save_windows=true: every window's start, end and class probabilities
+
+and prints a short table. In a folder or manifest run an unreadable file is listed with its error and
+the others are still predicted; the exit status is then 2 (0 when every file was predicted, 1 when the
+run itself failed), and metrics.json counts them. The Python API is `audio_cls.inference.Classifier`.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from audio_cls.audio import AUDIO_EXTENSIONS
+from audio_cls.errors import ConfigError, DataError
+from audio_cls.inference import Classifier, Prediction
+from audio_cls.runs import run_task, write_json
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Classifier", "Prediction", "predict", "collect_sources"]
+
+OUTPUTS = ("predictions.csv", "predictions.json", "windows.csv")
+TABLE_ROWS = 20  # rows printed; the files hold all of them
+
+
+@dataclass(frozen=True)
+class Source:
+    """One recording (or segment) to label."""
+
+    path: Path
+    start: float | None = None
+    end: float | None = None
+    label: str | None = None  # the true label, when a manifest gives one
+
+
+def collect_sources(spec: str) -> list[Source]:
+    """The recordings named by `input`: a file, a folder (recursive) or a CSV manifest."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        if not files:
+            raise DataError(f"input={spec}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in it or below")
+        return [Source(p) for p in files]
+    if path.suffix.lower() == ".csv" and path.is_file():
+        return read_manifest(path)
+    if not path.exists():
+        raise ConfigError(f"input={spec}: no such file or directory")
+    return [Source(path)]  # any other file: soundfile decides whether it can read it
+
+
+def read_manifest(manifest: Path) -> list[Source]:
+    with manifest.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: spreadsheets write a BOM
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        if "path" not in columns:
+            raise ConfigError(f"input={manifest}: a manifest needs a `path` column (header: {','.join(columns)})")
+        reader.fieldnames = columns
+        sources = []
+        for line, row in enumerate(reader, start=2):
+            where = f"{manifest} line {line}"
+            values = {k: (v or "").strip() for k, v in row.items() if k is not None}
+            if not values["path"]:
+                raise DataError(f"{where}: empty path")
+            path = Path(values["path"]).expanduser()
+            start, end = (_seconds(values.get(key), key, where) for key in ("start", "end"))
+            if start is not None and end is not None and end <= start:
+                raise DataError(f"{where}: end ({end}) must be after start ({start})")
+            sources.append(Source(path if path.is_absolute() else manifest.parent / path, start, end,
+                                  values.get("label") or None))
+    if not sources:
+        raise DataError(f"input={manifest}: the manifest lists no recordings")
+    return sources
+
+
+def _seconds(text: str | None, column: str, where: str) -> float | None:
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{where}: {column} {text!r} is not a number of seconds") from None
+    if value < 0:
+        raise DataError(f"{where}: {column} {value} is negative")
+    return value
+
+
+def predict(cfg: DictConfig) -> dict:
+    output_dir = Path(cfg.paths.output_dir)
+    classifier = Classifier.from_checkpoint(cfg.ckpt_path, device=cfg.device, window=cfg.window, hop=cfg.hop,
+                                            aggregate=cfg.aggregate, top_k=cfg.top_k, batch_size=cfg.batch_size)
+    sources = collect_sources(str(cfg.input))
+    spec = Path(str(cfg.input)).expanduser()
+    one_file = len(sources) == 1 and not spec.is_dir() and spec.suffix.lower() != ".csv"
+    log.info("Predicting %d recording(s) with %s (%s)", len(sources), cfg.ckpt_path, describe(classifier))
+
+    results: list[tuple[Source, Prediction | None, str | None]] = []
+    for source in tqdm(sources, desc="predict", unit="file", disable=None if cfg.progress else True):
+        try:
+            results.append((source, classifier.predict(source.path, start=source.start, end=source.end,
+                                                       windows=cfg.save_windows), None))
+        except DataError as err:
+            if one_file:
+                raise  # a single file that cannot be read is the run's error
+            log.warning("%s", err)
+            results.append((source, None, str(err)))
+
+    written = write_outputs(output_dir, classifier, results, cfg)
+    failed = sum(1 for _, pred, _ in results if pred is None)
+    summary = {"files": len(results), "predicted_files": len(results) - failed, "failed_files": failed}
+    labelled = [(s, p) for s, p, _ in results if p is not None and s.label is not None]
+    if labelled:
+        summary["accuracy"] = sum(s.label == p.label for s, p in labelled) / len(labelled)
+    print(table(results, spec, summary, output_dir))
+    return {**summary, **written, "ckpt_path": str(cfg.ckpt_path)}
+
+
+def describe(classifier: Classifier) -> str:
+    if classifier.window is None:
+        return "whole recordings"
+    return (f"windows of {classifier.window_s:g} s every {classifier.hop_s:g} s, "
+            f"{classifier.aggregate} of their probabilities")
+
+
+def write_outputs(output_dir: Path, classifier: Classifier, results: list, cfg: DictConfig) -> dict:
+    """predictions.csv, predictions.json and (save_windows) windows.csv; returns their paths."""
+    k = classifier.top_k
+    segments = any(s.start is not None or s.end is not None for s, _, _ in results)
+    labelled = any(s.label is not None for s, _, _ in results)
+    header = ["path", *(["start_s", "end_s"] if segments else []), *(["true_label"] if labelled else []), "status",
+              *[f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "probability")],
+              "duration_s", "windows", "padded", "notes", "error"]
+    files = []
+    with (output_dir / "predictions.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for source, pred, error in results:
+            row = [str(source.path), *([_blank(source.start), _blank(source.end)] if segments else []),
+                   *([source.label or ""] if labelled else []), "ok" if pred else "error"]
+            if pred:
+                for label, prob in zip(pred.labels, pred.probabilities):
+                    row += [label, f"{prob:.6f}"]
+                row += [f"{pred.duration_s:.3f}", pred.num_windows, pred.padded, "; ".join(pred.notes), ""]
+            else:
+                row += [""] * (2 * k) + ["", "", "", "", error]
+            writer.writerow(row)
+            files.append(_json_entry(source, pred, error, classifier.class_names))
+
+    write_json(output_dir / "predictions.json", {
+        "checkpoint": str(cfg.ckpt_path), "input": str(cfg.input), "class_names": classifier.class_names,
+        "sample_rate": classifier.sample_rate, "window_s": classifier.window_s, "hop_s": classifier.hop_s,
+        "aggregate": classifier.aggregate, "top_k": k, "files": files})
+    written = {"predictions_csv": str(output_dir / "predictions.csv"),
+               "predictions_json": str(output_dir / "predictions.json")}
+    if cfg.save_windows:
+        with (output_dir / "windows.csv").open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "window", "start_s", "end_s", "padded", *classifier.class_names])
+            for source, pred, _ in results:
+                for i, w in enumerate(pred.windows if pred else []):
+                    writer.writerow([str(source.path), i, f"{w.start_s:.3f}", f"{w.end_s:.3f}", w.padded,
+                                     *(f"{p:.6f}" for p in w.probabilities)])
+        written["windows_csv"] = str(output_dir / "windows.csv")
+    else:
+        (output_dir / "windows.csv").unlink(missing_ok=True)  # an earlier run's (overwrite=true)
+    return written
+
+
+def _blank(value) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def _json_entry(source: Source, pred: Prediction | None, error: str | None, class_names: list[str]) -> dict:
+    entry = {"path": str(source.path), "start_s": source.start, "end_s": source.end}
+    if source.label is not None:
+        entry["true_label"] = source.label
+    if pred is None:
+        return {**entry, "status": "error", "error": error}
+    entry.update(status="ok", top=[{"label": l, "probability": p} for l, p in zip(pred.labels, pred.probabilities)],
+                 probabilities=dict(zip(class_names, pred.scores)), duration_s=pred.duration_s,
+                 windows=pred.num_windows, padded=pred.padded, notes=pred.notes)
+    if pred.windows is not None:
+        entry["window_predictions"] = [asdict(w) for w in pred.windows]
+    return entry
+
+
+def table(results: list, input_path: Path, summary: dict, output_dir: Path) -> str:
+    """A short plain-text table of the first rows and a summary line."""
+    base = input_path if input_path.is_dir() else input_path.parent
+
+    def name(path: Path) -> str:
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            return str(path)
+
+    rows = [(name(s.path), p.label, f"{p.probability:.3f}", str(p.num_windows), "yes" if p.padded else "") if p
+            else (name(s.path), "error", "", "", e.removeprefix(f"{s.path}: ")) for s, p, e in results[:TABLE_ROWS]]
+    head = ("file", "label", "prob", "windows", "padded / error")
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in [head, *rows]]
+    if len(results) > TABLE_ROWS:
+        lines.append(f"... {len(results) - TABLE_ROWS} more in predictions.csv")
+    tail = f"{summary['files']} files: {summary['predicted_files']} predicted, {summary['failed_files']} failed"
+    if "accuracy" in summary:
+        tail += f", accuracy {summary['accuracy']:.4f} against the manifest's labels"
+    return "\n".join([*lines, f"{tail}. Outputs in {output_dir}"])
+
+
+def refuse_to_overwrite(output_dir: Path, names: tuple[str, ...], overwrite: bool) -> None:
+    """Earlier outputs are never written over unless asked (run_task's own check speaks of training runs)."""
+    earlier = [name for name in names if (output_dir / name).is_file()]
+    if earlier and not overwrite:
+        print(f"error: output_dir={output_dir} already holds {', '.join(earlier)}; choose another output_dir "
+              f"or pass overwrite=true", file=sys.stderr)
+        raise SystemExit(1)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    output_dir = Path(cfg.paths.output_dir)
+    refuse_to_overwrite(output_dir, OUTPUTS, cfg.overwrite)
+    summary: dict = {}
+    run_task(lambda c: summary.update(predict(c)) or summary, cfg, resuming=True)  # checked just above
+    if summary.get("failed_files"):
+        print(f"error: {summary['failed_files']} of {summary['files']} files could not be read; they are listed "
+              f"with their error in {output_dir / 'predictions.csv'}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()
