@@ -31,3 +31,15 @@ tensorboard:  ## serve the TensorBoard logs of every run under logs/
 
 clean:
 	rm -rf logs .pytest_cache
+
+.PHONY: predict export
+predict:  ## label recordings: make predict CKPT=path/to.ckpt INPUT=file|folder|manifest.csv [ARGS="window=1.0 ..."]
+	$(BIN)/python -m audio_cls.predict ckpt_path=$(CKPT) input=$(INPUT) $(ARGS)
+
+export:  ## export a checkpoint: make export CKPT=path/to.ckpt [FORMAT=onnx|torchscript] [ARGS="output_dir=..."]
+	$(BIN)/python -m audio_cls.export ckpt_path=$(CKPT) format=$(or $(FORMAT),onnx) $(ARGS)
+
+.PHONY: notebook
+notebook:  ## Jupyter Lab in the project's environment (installs it into .venv first if missing); notebooks in notebooks/
+	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/pip install -e '.[notebook]'
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(ARGS)
