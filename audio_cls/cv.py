@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.tensorboard import SummaryWriter
 
+from audio_cls import CONF_DIR
 from audio_cls.config_checks import check_config
 from audio_cls.data.splits import cv_scheme
 from audio_cls.runs import hparams_of, run_task, write_json
@@ -121,7 +122,7 @@ def _cell(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="cv")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="cv")
 def main(cfg: DictConfig) -> float:
     return run_task(cross_validate, cfg, resuming=cfg.resume)
 

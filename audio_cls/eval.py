@@ -13,6 +13,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from audio_cls import CONF_DIR
 from audio_cls.config_checks import check_config
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.module import AudioClassifier
@@ -47,7 +48,7 @@ def evaluate(cfg: DictConfig) -> dict:
             "test/per_class": module.test_per_class, "test/confusion_matrix": module.test_confusion_matrix}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def main(cfg: DictConfig) -> float:
     return run_task(evaluate, cfg)
 

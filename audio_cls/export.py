@@ -36,6 +36,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from audio_cls import CONF_DIR
 from audio_cls.errors import ConfigError
 from audio_cls.features import FeatureExtractor
 from audio_cls.inference import Classifier
@@ -364,7 +365,7 @@ def export(cfg: DictConfig) -> dict:
             **{f"parity/{kind}/{name}": value for kind, d in diffs.items() for name, value in d.items()}}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
     refuse_to_overwrite(Path(cfg.paths.output_dir), (*FORMATS.values(), "model.json"), cfg.overwrite)
     run_task(export, cfg, resuming=True)  # checked just above

@@ -26,6 +26,7 @@ import hydra
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from audio_cls import CONF_DIR
 from audio_cls.audio import AUDIO_EXTENSIONS
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.inference import Classifier, Prediction
@@ -231,7 +232,7 @@ def refuse_to_overwrite(output_dir: Path, names: tuple[str, ...], overwrite: boo
         raise SystemExit(1)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
     output_dir = Path(cfg.paths.output_dir)
     refuse_to_overwrite(output_dir, OUTPUTS, cfg.overwrite)

@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from audio_cls import CONF_DIR
 from audio_cls.config_checks import check_config
 from audio_cls.errors import ConfigError
 from audio_cls.module import AudioClassifier
@@ -92,7 +93,7 @@ def loss_config(loss: dict, datamodule) -> dict:
     return loss
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     return run_task(train, cfg, resuming=cfg.ckpt_path is not None)
 

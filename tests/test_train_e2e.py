@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,3 +123,12 @@ def test_runs_started_together_get_their_own_directories(fsdd_slice, tmp_path):
     runs = list((tmp_path / "train" / "runs").iterdir())
     assert len(runs) == 2
     assert all((r / "metrics.json").is_file() for r in runs)
+
+
+@pytest.mark.parametrize("script", ["audio-cls-train", "audio-cls-eval", "audio-cls-predict", "audio-cls-export"])
+def test_console_scripts_find_the_configs_from_any_directory(script, tmp_path):
+    # Installed entry points are not run as files, so a relative config_path would be looked up as a module.
+    exe = Path(sys.executable).with_name(script)
+    proc = subprocess.run([str(exe), "--cfg", "job"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "task_name:" in proc.stdout

@@ -454,5 +454,8 @@ def require_dir(path: str | Path, key: str = "data.root") -> Path:
     """`path` as a Path, or a DataError naming the config key if it is not a directory."""
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise DataError(f"{key}={path}: no such directory")
+        hint = ""
+        if not p.is_absolute():  # paths.* default to the launch directory: the usual slip is launching elsewhere
+            hint = f" (relative to {Path.cwd()}; launch from the repository or set AUDIO_CLS_ROOT)"
+        raise DataError(f"{key}={path}: no such directory{hint}")
     return p
