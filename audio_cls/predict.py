@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from audio_cls import CONF_DIR
 from audio_cls.audio import AUDIO_EXTENSIONS
+from audio_cls.data.manifest import parse_seconds
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.inference import Classifier, Prediction
 from audio_cls.runs import run_task, write_json
@@ -79,7 +80,7 @@ def read_manifest(manifest: Path) -> list[Source]:
             if not values["path"]:
                 raise DataError(f"{where}: empty path")
             path = Path(values["path"]).expanduser()
-            start, end = (_seconds(values.get(key), key, where) for key in ("start", "end"))
+            start, end = (parse_seconds(values.get(key), key, where) for key in ("start", "end"))
             if start is not None and end is not None and end <= start:
                 raise DataError(f"{where}: end ({end}) must be after start ({start})")
             sources.append(Source(path if path.is_absolute() else manifest.parent / path, start, end,
@@ -87,18 +88,6 @@ def read_manifest(manifest: Path) -> list[Source]:
     if not sources:
         raise DataError(f"input={manifest}: the manifest lists no recordings")
     return sources
-
-
-def _seconds(text: str | None, column: str, where: str) -> float | None:
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise DataError(f"{where}: {column} {text!r} is not a number of seconds") from None
-    if value < 0:
-        raise DataError(f"{where}: {column} {value} is negative")
-    return value
 
 
 def predict(cfg: DictConfig) -> dict:

@@ -87,7 +87,7 @@ class Manifest(AudioDataModule):
         split = values.get("split") or None
         if split is not None and split.lower() not in SPLIT_NAMES:
             raise DataError(f"{where}: split {split!r} is not one of train, val, test")
-        start, end = (self._number(values.get(k), k, where) for k in ("start", "end"))
+        start, end = (parse_seconds(values.get(k), k, where) for k in ("start", "end"))
         if start is not None and end is not None and end <= start:
             raise DataError(f"{where}: end ({end}) must be after start ({start})")
         fold = values.get("fold") or None
@@ -99,14 +99,15 @@ class Manifest(AudioDataModule):
         return Item(str(path), values["label"], values.get("group") or None, start, end,
                     SPLIT_NAMES[split.lower()] if split else None, fold)
 
-    @staticmethod
-    def _number(text: str | None, column: str, where: str) -> float | None:
-        if not text:
-            return None
-        try:
-            value = float(text)
-        except ValueError:
-            raise DataError(f"{where}: {column} {text!r} is not a number of seconds") from None
-        if value < 0:
-            raise DataError(f"{where}: {column} {value} is negative")
-        return value
+
+def parse_seconds(text: str | None, column: str, where: str) -> float | None:
+    """A manifest's start/end cell: None when empty, else non-negative seconds (a DataError naming `where`)."""
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{where}: {column} {text!r} is not a number of seconds") from None
+    if value < 0:
+        raise DataError(f"{where}: {column} {value} is negative")
+    return value
