@@ -369,8 +369,12 @@ class AudioDataModule(L.LightningDataModule):
                 log.warning("%d recordings have an identical copy in another split (e.g. %s in %s = %s in %s); "
                             "they inflate validation/test scores (listed in duplicate_files.csv)",
                             len(self.duplicates), a, a_split, b, b_split)
-        log.info("Data: %s, classes %d; %s", type(self).__name__, self.num_classes,
-                 ", ".join(f"{s} {len(self.splits[s])} files" for s in SPLITS))
+
+        def count(split: str) -> str:  # group counts make a group-disjoint split visible in the log
+            n = len({it.group for it in self.splits[split]} - {None})
+            return f"{split} {len(self.splits[split])} files" + (f" ({n} group{'s' * (n != 1)})" if n else "")
+
+        log.info("Data: %s, classes %d; %s", type(self).__name__, self.num_classes, ", ".join(map(count, SPLITS)))
 
     def write_split_files(self, output_dir: Path) -> None:
         """splits.csv (every recording with its split), and skipped_files.csv / duplicate_files.csv when
