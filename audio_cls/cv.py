@@ -68,7 +68,7 @@ def run_fold(cfg: DictConfig, fold: int, num_folds: int, scheme: str, fold_dir: 
     """Train and test one fold in `fold_dir`, or read its results if it finished earlier."""
     done = fold_dir / "metrics.json"
     if done.is_file():
-        earlier = json.loads(done.read_text())
+        earlier = json.loads(done.read_text(encoding="utf-8"))
         if earlier.get("status") == "finished":
             log.info("Fold %d finished earlier: reading %s", fold, done)
             return earlier

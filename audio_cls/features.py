@@ -95,7 +95,9 @@ class SpecAugment(nn.Module):
     up to `freq_mask` features and time spans of up to `time_mask` frames are set to zero (the mean,
     after normalization), drawn independently for every recording (torchaudio's masking transforms).
 
-    (batch, frames, feat), lengths (batch,) -> same shape; time masks stay inside each item's valid frames.
+    (batch, frames, feat), lengths (batch,) -> same shape; padding stays zero. Time masks are drawn over
+    the padded width (as torchaudio does), so a short item in a padded batch can have a mask fall in its
+    padding and be masked less than a long one.
     """
 
     def __init__(self, freq_mask: int = 0, time_mask: int = 0, num_masks: int = 1):

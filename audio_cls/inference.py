@@ -190,7 +190,9 @@ class Classifier:
         return self._waveform(x, sample_rate, notes), notes
 
     def _read(self, path: Path, start: float | None, end: float | None, notes: list[str]) -> torch.Tensor:
-        if path.is_file() and path.stat().st_size == 0:
+        if not path.is_file():
+            raise DataError(f"{path}: {'a folder, not a file' if path.is_dir() else 'no such file'}")
+        if path.stat().st_size == 0:
             raise DataError(f"{path}: empty file (0 bytes)")
         info = audio_info(path)  # a clear DataError for unreadable files and those without samples
         if info.samplerate != self.sample_rate:

@@ -239,7 +239,10 @@ class AudioClassifier(L.LightningModule):
                               num_classes=len(hparams["class_names"]))
             model = cls(net=net, features=features, **hparams)
         except Exception as err:
-            raise ConfigError(f"{path}: cannot rebuild the model from its saved config ({_first_line(err)})") from None
+            reason = _first_line(err)
+            if err.__cause__ is not None:  # hydra's InstantiationException names the target, its cause the problem
+                reason = f"{reason} {_first_line(err.__cause__)}"
+            raise ConfigError(f"{path}: cannot rebuild the model from its saved config ({reason})") from None
         try:
             model.load_state_dict(state)
         except RuntimeError as err:

@@ -136,7 +136,7 @@ def write_outputs(output_dir: Path, classifier: Classifier, results: list, cfg: 
               *[f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "probability")],
               "duration_s", "windows", "padded", "notes", "error"]
     files = []
-    with (output_dir / "predictions.csv").open("w", newline="") as f:
+    with (output_dir / "predictions.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for source, pred, error in results:
@@ -158,7 +158,7 @@ def write_outputs(output_dir: Path, classifier: Classifier, results: list, cfg: 
     written = {"predictions_csv": str(output_dir / "predictions.csv"),
                "predictions_json": str(output_dir / "predictions.json")}
     if cfg.save_windows:
-        with (output_dir / "windows.csv").open("w", newline="") as f:
+        with (output_dir / "windows.csv").open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "window", "start_s", "end_s", "padded", *classifier.class_names])
             for source, pred, _ in results:

@@ -33,10 +33,10 @@ SEED_KEYS = ("seed",)
 
 def read_job(job_dir: Path) -> dict[str, Any]:
     """A job directory -> {"job", "dir", "overrides": {key: value}, "status", metrics..., "error"}."""
-    overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
-    config = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text()) or {}
+    overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or []
+    config = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text(encoding="utf-8")) or {}
     metrics_file = job_dir / "metrics.json"
-    result = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {"status": "incomplete"}
+    result = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {"status": "incomplete"}
     parsed = {}
     for override in overrides:
         key, _, value = override.partition("=")
@@ -115,7 +115,7 @@ def write_report(sweep_dir: str | Path, metric: str | None = None, direction: st
     jobs = sort_jobs(jobs, metric, direction)
     metric_columns = list(dict.fromkeys((metric, *METRICS)))
 
-    with (sweep_dir / "report.csv").open("w", newline="") as f:
+    with (sweep_dir / "report.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["rank", "job", "status", *keys, *metric_columns, "wall_time_s", "error", "dir"])
         for rank, job in enumerate(jobs, 1):
@@ -156,7 +156,7 @@ def write_report(sweep_dir: str | Path, metric: str | None = None, direction: st
             lines.append(f"| {row['config']} | {row['n']} | " + " | ".join(cells) + " |")
     if plot_metric(jobs, [k for k in keys if k not in SEED_KEYS] or keys, metric, sweep_dir / "report.png"):
         lines += ["", f"![{metric} against each swept parameter](report.png)"]
-    (sweep_dir / "report.md").write_text("\n".join(lines) + "\n")
+    (sweep_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return sweep_dir / "report.md"
 
 
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
         path = write_report(args.sweep_dir, args.metric, args.direction)
     except (FileNotFoundError, NotADirectoryError) as err:
         sys.exit(f"error: {err}")
-    print(path.read_text())
+    print(path.read_text(encoding="utf-8"))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically: a reader (or a crash) never sees half a file."""
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
 
@@ -158,7 +158,7 @@ def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig, resuming: bool
     except Exception as err:
         message = user_message(err)
         if rank_zero_only.rank == 0:
-            (output_dir / "traceback.txt").write_text(traceback.format_exc())
+            (output_dir / "traceback.txt").write_text(traceback.format_exc(), encoding="utf-8")
         _write_result(output_dir, {"status": "failed", "error": message or f"{type(err).__name__}: {err}",
                                    "wall_time_s": time.perf_counter() - started})
         if multirun:

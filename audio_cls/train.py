@@ -90,6 +90,13 @@ def loss_config(loss: dict, datamodule) -> dict:
         loss = {**loss, "weight": [sum(counts) / (len(counts) * c) for c in counts]}
     elif isinstance(loss.get("weight"), str):
         raise ConfigError(f"loss.weight={loss['weight']!r}: expected null, 'balanced' or a list of floats")
+    elif loss.get("weight") is not None:
+        weight, names = loss["weight"], datamodule.class_names
+        if len(weight) != len(names):
+            raise ConfigError(f"loss.weight: {len(weight)} values for {len(names)} classes "
+                              f"(in this order: {', '.join(names)})")
+        if any(not isinstance(w, (int, float)) or w < 0 for w in weight) or not any(weight):
+            raise ConfigError(f"loss.weight={weight}: expected non-negative numbers, not all zero")
     return loss
 
 

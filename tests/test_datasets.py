@@ -4,6 +4,7 @@ hash splits, cross-validation, augmentation and class imbalance."""
 import csv
 import json
 import logging
+import math
 import shutil
 import zipfile
 from collections import Counter
@@ -19,7 +20,7 @@ from audio_cls.data.esc50 import ESC50
 from audio_cls.data.folder import Folder
 from audio_cls.data.manifest import Manifest
 from audio_cls.data.speech_commands import SpeechCommands, which_set
-from audio_cls.data.splits import assign_splits, cv_split
+from audio_cls.data.splits import assign_splits, cv_split, duplicates_across_splits, shared_groups, unit_hash
 from audio_cls.data.base import Item
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.features import LogMel, RawWaveform
@@ -107,6 +108,21 @@ def test_splits_are_deterministic_stable_when_files_are_added_and_seeded(tones):
     assert paths(other_seed["test"]) != paths(build(Folder, tones).splits["test"])
 
 
+def test_a_class_kept_in_training_takes_its_whole_speaker_along(caplog):
+    # Class "c" is recorded by one speaker only, whom the hash sends to test: the class must stay in
+    # training, and so must the rest of that speaker's recordings, or the speaker would be in two splits.
+    speakers = [f"s{i}" for i in range(30)]
+    lone = next(s for s in speakers if unit_hash(0, f"group:{s}") < 0.1)
+    items = [Item(f"/x/{s}_{c}_{i}.wav", c, s) for s in speakers for c in "ab" for i in range(3)]
+    items += [Item(f"/x/{lone}_c_{i}.wav", "c", lone) for i in range(3)]
+    with caplog.at_level(logging.WARNING):
+        splits = assign_splits(items, 0.1, 0.1, 0, "auto")
+    assert shared_groups(splits) == {}
+    assert {it.group for it in splits["train"] if it.label == "c"} == {lone}
+    assert all(it.group != lone for it in splits["test"] + splits["val"])
+    assert f"group:{lone}" in caplog.text
+
+
 def test_hash_split_of_a_larger_collection_has_the_requested_shares():
     items = [Item(f"/d/{label}/{i}.wav", label, group=f"s{i % 50}") for label in "abcd" for i in range(250)]
     splits = assign_splits(items, 0.1, 0.2, seed=0, split_by="auto")
@@ -141,6 +157,17 @@ def test_duplicates_across_splits_are_counted(tones, tmp_path, caplog):
     assert {dm.duplicates[0][1], dm.duplicates[0][3]} == {test_file.path, str(copy)}
     dm.write_split_files(tmp_path)
     assert len((tmp_path / "duplicate_files.csv").read_text().splitlines()) == 2
+
+
+def test_segments_of_one_file_are_duplicates_only_where_they_overlap(tmp_path):
+    long = write_tone(tmp_path / "long.wav", seconds=3.0)
+    twin = tmp_path / "twin.wav"
+    shutil.copy(long, twin)
+    first, second = Item(str(long), "a", start=0.0, end=1.0), Item(str(long), "a", start=1.0, end=2.0)
+    whole = Item(str(twin), "a")  # identical bytes under another name: overlaps both segments
+    assert duplicates_across_splits({"train": [first], "test": [second]}) == []
+    assert duplicates_across_splits({"train": [first], "test": [Item(str(long), "a", start=0.5, end=1.5)]}) != []
+    assert duplicates_across_splits({"train": [first, second], "val": [whole]}) == [("train", str(long), "val", str(twin))]
 
 
 # --- manifest --------------------------------------------------------------------------------
@@ -209,8 +236,18 @@ def test_label_only_in_test_is_an_error(tmp_path):
     write_tone_dataset(tmp_path)
     rows = [f"{label}/ann_0.wav,{label},train,," for label in TONE_CLASSES] + [
         f"{label}/bob_1.wav,{label},val,," for label in TONE_CLASSES] + ["low/cem_2.wav,owl,test,,"]
-    with pytest.raises(DataError, match=r"labels \['owl'\] occur in the test split but not in training"):
+    with pytest.raises(DataError, match=r"1 labels occur in the test split but not in training: 'owl' "
+                                         r"\(e\.g\. .*low/cem_2\.wav\)"):
         build(Manifest, write_manifest(tmp_path, rows, header="path,label,split,group,start"))
+
+
+def test_one_class_is_an_error(tmp_path):
+    (tmp_path / "only").mkdir()
+    write_tone(tmp_path / "only" / "a.wav")
+    write_tone(tmp_path / "only" / "b.wav")
+    write_tone(tmp_path / "only" / "c.wav")
+    with pytest.raises(DataError, match="the training split has 1 class \\(only\\); a classifier needs at least 2"):
+        build(Folder, tmp_path, val_fraction=0.3, test_fraction=0.3)
 
 
 # --- Speech Commands ---------------------------------------------------------------------------
@@ -220,7 +257,7 @@ def make_speech_commands(root, words=("yes", "no", "up", "bed"), speakers=8, lis
         for s in range(speakers):
             write_tone(root / word / f"{s:08x}_nohash_0.wav", seconds=1.0, sample_rate=16000, freq=300 + 200 * w)
     (root / "_background_noise_").mkdir()
-    sf.write(str(root / "_background_noise_" / "white.wav"), 0.1 * np.random.default_rng(0).standard_normal(16000 * 5),
+    sf.write(str(root / "_background_noise_" / "white.wav"), 0.1 * np.random.default_rng(0).standard_normal(16000 * 12),
              16000)
     if lists:
         (root / "validation_list.txt").write_text("".join(f"{w}/00000001_nohash_0.wav\n" for w in words))
@@ -249,13 +286,22 @@ def test_speech_commands_hash_rule_without_lists(tmp_path):
 
 
 def test_speech_commands_twelve_class_setup(tmp_path):
-    make_speech_commands(tmp_path)
-    dm = build(SpeechCommands, tmp_path, words=["yes", "no", "up"], silence=True, download=False)
+    make_speech_commands(tmp_path, words=("yes", "no", "up", "bed", "cat"), speakers=20)
+    dm = build(SpeechCommands, tmp_path, words=["yes", "no", "up"], download=False)
+    assert dm.class_names == ["_unknown_", "no", "up", "yes"]
+    assert Counter(it.label for items in dm.splits.values() for it in items)["_unknown_"] == 40  # bed, cat
+    dm = build(SpeechCommands, tmp_path, words=["yes", "no", "up"], unknown_share=0.5, silence_share=0.5,
+               download=False)
     assert dm.class_names == ["_silence_", "_unknown_", "no", "up", "yes"]
-    every = [it for items in dm.splits.values() for it in items]
-    silence = [it for it in every if it.label == "_silence_"]
-    assert len(silence) == 5 and all(it.end - it.start == 1.0 for it in silence)
-    assert Counter(it.label for it in every)["_unknown_"] == 8  # the 'bed' recordings
+    for split, items in dm.splits.items():  # the reference's sizes: ceil(share * target-word recordings)
+        counts = Counter(it.label for it in items)
+        words = counts["yes"] + counts["no"] + counts["up"]
+        assert counts["_unknown_"] == math.ceil(0.5 * words) and counts["_silence_"] == math.ceil(0.5 * words), split
+    silence = {split: [it for it in items if it.label == "_silence_"] for split, items in dm.splits.items()}
+    assert all(abs(it.end - it.start - 1.0) < 1e-9 for items in silence.values() for it in items)
+    spans = {split: (min(it.start for it in items), max(it.end for it in items)) for split, items in silence.items()}
+    assert spans["train"][1] <= 9.6 <= spans["val"][0] and spans["val"][1] <= 10.8 <= spans["test"][0]  # 80/10/10
+    assert not [d for d in dm.duplicates if "_background_noise_" in d[1]]  # (the generated words are identical tones)
     wave = dm.dataset("train", returns="waveform", augment=False)
     assert all(x["inputs"].shape[0] == 16000 for x in (wave[i] for i in range(len(wave))) if x is not None)
 
@@ -282,7 +328,7 @@ def make_esc50(root, classes=("dog", "rain", "siren"), per_fold=2):
             for k in range(per_fold):
                 name = f"{fold}-{c}{fold}{k}-A-{c}.wav"
                 write_tone(root / "audio" / name, seconds=0.5, sample_rate=44100, freq=400 + 600 * c)
-                rows.append(f"{name},{fold},{c},{category},{c == 0},{c}{fold}{k},A")
+                rows.append(f"{name},{fold},{c},{category},{c < 2},{c}{fold}{k},A")
     (root / "meta" / "esc50.csv").write_text("\n".join(rows) + "\n")
 
 
@@ -293,7 +339,7 @@ def test_esc50_splits_by_fold(tmp_path):
     assert {it.fold for it in dm.splits["train"]} == {1, 2, 3} and dm.class_names == ["dog", "rain", "siren"]
     carved = build(ESC50, tmp_path, val_fold=None, download=False)
     assert {it.fold for it in carved.splits["val"]} <= {1, 2, 3, 4} and {it.fold for it in carved.splits["test"]} == {5}
-    assert build(ESC50, tmp_path, esc10=True, download=False).class_names == ["dog"]  # the esc10 column
+    assert build(ESC50, tmp_path, esc10=True, download=False).class_names == ["dog", "rain"]  # the esc10 column
 
 
 def test_esc50_missing_recordings_and_folds_are_named(tmp_path):

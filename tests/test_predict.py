@@ -101,6 +101,8 @@ def test_other_sample_rates_are_resampled_with_a_note(classifier, tmp_path):
     (lambda p: p.write_bytes(b""), "empty file (0 bytes)"),
     (lambda p: sf.write(str(p), np.zeros(0), SR), "the recording is empty (0 samples)"),
     (lambda p: sf.write(str(p), np.array([0.1, np.nan, 0.2]), SR, subtype="FLOAT"), "NaN or infinite"),
+    (lambda p: None, "no such file"),
+    (lambda p: p.mkdir(), "a folder, not a file"),
 ])
 def test_unusable_files_give_a_message_naming_them(classifier, tmp_path, make, message):
     path = tmp_path / "bad.wav"
@@ -171,7 +173,10 @@ def test_checkpoint_of_another_model_or_project(trained_checkpoint, tmp_path):
         data["hyper_parameters"]["config"]["model"]["_target_"] = "their_project.nets.Net"
     def no_config(data):  # a LightningModule of another project
         data["hyper_parameters"] = {"lr": 0.1}
+    def bad_setting(data):  # a config the network refuses: the reason must survive Hydra's wrapping
+        data["hyper_parameters"]["config"]["model"]["activation"] = "swish"
     for change, message in [(other_model, "weights do not fit the audio_cls.model.LSTMClassifier"),
+                            (bad_setting, r"cannot rebuild the model from its saved config \(.*activation.*swish"),
                             (other_project, "model._target_=their_project.nets.Net cannot be imported"),
                             (no_config, "no training config saved in it")]:
         path = rewrite(trained_checkpoint, tmp_path, f"{change.__name__}.ckpt", change)

@@ -91,6 +91,8 @@ def test_eval_requires_ckpt_path(tmp_path):
     (["model.channels=[8,8,8,8,8,8,8]", "model.padding=valid"], "error: model: an input of"),
     (["model.activation=swish"], "error: model.activation='swish'"),
     (["features.normalize=batch"], "error: features.normalize='batch'"),
+    (["loss.weight=[1,2]"], "error: loss.weight: 2 values for 10 classes (in this order: 0, 1, 2,"),
+    (["loss.weight=[1,1,1,1,1,1,1,1,1,-3]"], "error: loss.weight=[1, 1, 1, 1, 1, 1, 1, 1, 1, -3]: expected non-negative"),
 ])
 def test_bad_config_is_one_line(overrides, message, tmp_path):
     proc = run_entry("audio_cls.train", *overrides, f"hydra.run.dir={tmp_path}", "debug=fast")

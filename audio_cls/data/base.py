@@ -351,10 +351,17 @@ class AudioDataModule(L.LightningDataModule):
             raise DataError(f"{type(self).__name__}: the training split is empty")
         self.shortest_samples, self.shortest_path = shortest
         self.class_names = sorted({item.label for item in self.splits["train"]})
+        if len(self.class_names) < 2:
+            raise DataError(f"{type(self).__name__} (data.root={self.root}): the training split has "
+                            f"{len(self.class_names)} class ({', '.join(self.class_names)}); a classifier needs at least 2")
         for split in ("val", "test"):
-            unknown = sorted({it.label for it in self.splits[split]} - set(self.class_names))
+            unknown = {}
+            for it in self.splits[split]:
+                if it.label not in self.class_names:
+                    unknown.setdefault(it.label, it.path)
             if unknown:
-                raise DataError(f"labels {unknown} occur in the {split} split but not in training")
+                examples = ", ".join(f"{label!r} (e.g. {path})" for label, path in sorted(unknown.items())[:5])
+                raise DataError(f"{len(unknown)} labels occur in the {split} split but not in training: {examples}")
         for split in ("val", "test"):
             if not self.splits[split]:
                 raise DataError(f"{type(self).__name__}: the {split} split is empty")

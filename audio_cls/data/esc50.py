@@ -18,6 +18,8 @@ from audio_cls.data.base import AudioDataModule, Item
 from audio_cls.data.download import download_and_extract
 from audio_cls.errors import ConfigError, DataError
 
+# GitHub's archive of a branch: no published checksum, so the download is checked by its layout (scan()
+# needs meta/esc50.csv and every recording it lists).
 URL = "https://github.com/karoldvl/ESC-50/archive/master.zip"
 COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take")
 

@@ -6,14 +6,20 @@ lists when present, else the dataset's own rule: a SHA-1 hash of the speaker par
 so a speaker never straddles two splits (`which_set` in the dataset's README).
 
 Classes: every word folder (35 in v0.02), or the 12-class setup of the benchmark papers with
-`words=[yes,no,up,down,left,right,on,off,stop,go]`: other words become `_unknown_` (keep a share
-with `unknown_fraction`) and `_silence_` clips are one-second cuts of the background noise, dealt
-to the splits by hash (as in the original benchmark, the noise recordings are shared by the splits).
+`words=[yes,no,up,down,left,right,on,off,stop,go]`, sized as TensorFlow's reference `input_data.py`
+sizes it: in every split, `_unknown_` (other words, chosen by hash) and `_silence_` each add
+`unknown_share` / `silence_share` (10%) of that split's count of target-word recordings.
+`_silence_` clips are one-second windows of the `_background_noise_` recordings, evenly spaced;
+each noise recording is divided in time, its first 80% for training, the next 10% for validation
+and the last 10% for test, so no second of noise is in two splits. (The reference mixes the noise
+in at a random volume and draws windows at random; here the clips are the recordings as they are.)
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import re
 from pathlib import Path
 
@@ -48,21 +54,29 @@ class SpeechCommands(AudioDataModule):
         root: the folder holding the word folders.
         words: the words to classify, or null for every word folder.
         unknown: with `words`, label the other words `_unknown_` (else leave them out).
-        unknown_fraction: share of `_unknown_` recordings kept (by hash, per split), e.g. 0.1.
-        silence: add `_silence_` clips cut from `_background_noise_` (`silence_seconds` long).
+        unknown_share: `_unknown_` recordings per split as a share of its target-word recordings
+            (0.1 in the benchmark), chosen by hash; null keeps every one.
+        silence_share: `_silence_` clips per split as a share of its target-word recordings (0: none).
+        silence_seconds: length of a `_silence_` clip.
         download: fetch v0.02 (2.3 GB, checked against its SHA-256) into `root` when it is not there.
     """
 
+    NOISE_SHARES = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}  # of each noise recording
+
     def __init__(self, root: str, words: list[str] | None = None, unknown: bool = True,
-                 unknown_fraction: float = 1.0, silence: bool = False, silence_seconds: float = 1.0,
+                 unknown_share: float | None = None, silence_share: float = 0.0, silence_seconds: float = 1.0,
                  download: bool = True, **kwargs):
         super().__init__(root=root, **kwargs)
-        if not 0 < unknown_fraction <= 1:
-            raise ConfigError(f"data.unknown_fraction={unknown_fraction}: must be in (0, 1]")
+        if unknown_share is not None and not unknown_share > 0:
+            raise ConfigError(f"data.unknown_share={unknown_share}: must be positive (or null: keep every one)")
+        if not silence_share >= 0:
+            raise ConfigError(f"data.silence_share={silence_share}: must be 0 (no _silence_) or positive")
+        if not silence_seconds > 0:
+            raise ConfigError(f"data.silence_seconds={silence_seconds}: must be positive")
         self.words = list(words) if words is not None else None
         self.unknown = unknown
-        self.unknown_fraction = unknown_fraction
-        self.silence = silence
+        self.unknown_share = unknown_share
+        self.silence_share = silence_share
         self.silence_seconds = silence_seconds
         self.download = download
 
@@ -90,24 +104,28 @@ class SpeechCommands(AudioDataModule):
             if absent:
                 raise ConfigError(f"data.words: {absent} have no folder under {self.root}")
         official = self._official_lists(root)
-        items = []
+        items, unknown = [], []
         for word_dir in word_dirs:
-            label = word_dir.name
-            if self.words is not None and label not in self.words:
-                if not self.unknown:
-                    continue
-                label = UNKNOWN
+            other = self.words is not None and word_dir.name not in self.words
+            if other and not self.unknown:
+                continue
             for path in sorted(word_dir.glob("*.wav")):
                 relative = f"{word_dir.name}/{path.name}"
-                if label == UNKNOWN and unit_hash(self.split_seed, relative) >= self.unknown_fraction:
-                    continue
                 split = official.get(relative, "train") if official is not None else which_set(path.name)
                 speaker = path.name.split("_nohash_")[0]
-                items.append(Item(str(path), label, group=speaker, split=split))
-        if self.silence:
-            items += self._silence_items(root)
+                item = Item(str(path), UNKNOWN if other else word_dir.name, group=speaker, split=split)
+                (unknown if other else items).append(item)
         if not items:
             raise DataError(f"data.root={self.root}: no .wav recordings in the word folders")
+        per_split = {split: sum(it.split == split for it in items) for split in self.NOISE_SHARES}
+        for split, words in per_split.items():
+            candidates = [it for it in unknown if it.split == split]
+            if self.unknown_share is not None:  # the same files for a given seed, whatever else is there
+                candidates.sort(key=lambda it: unit_hash(self.split_seed, os.path.relpath(it.path, root)))
+                candidates = candidates[:math.ceil(self.unknown_share * words)]
+            items += candidates
+            if self.silence_share > 0:
+                items += self._silence_items(root, split, math.ceil(self.silence_share * words))
         return items
 
     @staticmethod
@@ -116,20 +134,36 @@ class SpeechCommands(AudioDataModule):
         if not all(p.is_file() for p in lists.values()):
             return None  # the hash rule gives the same splits for the files the lists were made from
         return {line.strip(): split for split, p in lists.items()
-                for line in p.read_text().splitlines() if line.strip()}
+                for line in p.read_text(encoding="utf-8").splitlines() if line.strip()}
 
-    def _silence_items(self, root: Path) -> list[Item]:
+    def _silence_items(self, root: Path, split: str, count: int) -> list[Item]:
+        """`count` clips evenly spaced over this split's part of every noise recording."""
         folder = root / NOISE
         files = sorted(folder.glob("*.wav")) if folder.is_dir() else []
         if not files:
-            raise DataError(f"data.silence=true: no noise recordings in {folder}")
-        items = []
+            raise DataError(f"data.silence_share={self.silence_share}: no noise recordings in {folder}")
+        low, high = self.NOISE_SHARES[split]
+        spans = []  # (path, first start, last start) in seconds
         for path in files:
-            info = sf.info(str(path))
-            for k in range(int(info.frames / info.samplerate // self.silence_seconds)):
-                start = k * self.silence_seconds
-                h = unit_hash(self.split_seed, f"{path.name}/{k}")
-                split = "val" if h < 0.1 else "test" if h < 0.2 else "train"
-                items.append(Item(str(path), SILENCE, group=f"noise:{path.name}", start=start,
-                                  end=start + self.silence_seconds, split=split))
+            seconds = sf.info(str(path)).duration
+            first, last = low * seconds, high * seconds - self.silence_seconds
+            if last >= first:
+                spans.append((path, first, last))
+        room = sum(last - first for _, first, last in spans)
+        if not spans or count == 0:
+            if count:
+                raise DataError(f"data.silence_share: the noise recordings in {folder} have no "
+                                f"{self.silence_seconds} s stretch in the {split} split's part of them "
+                                f"({low:.0%}-{high:.0%} of each recording)")
+            return []
+        items = []
+        for k in range(count):  # position k along the concatenated start ranges
+            offset = room * (k + 0.5) / count
+            for path, first, last in spans:
+                if offset <= last - first or path == spans[-1][0]:
+                    start = round(first + min(offset, last - first), 4)
+                    items.append(Item(str(path), SILENCE, group=f"noise:{path.name}", start=start,
+                                      end=start + self.silence_seconds, split=split))
+                    break
+                offset -= last - first
         return items

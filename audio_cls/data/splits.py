@@ -9,9 +9,10 @@ Rules shared by every dataset (the dataset's `scan()` only says what it knows of
     goes to test when hash(seed, unit) falls below `test_fraction`, to validation when it falls
     below `val_fraction` (salted apart). The hash of a unit never changes, so adding files never
     moves the files already there, and the same seed gives the same split on any machine. Segments
-    of one file are one unit, so a recording never straddles two splits. (Two exceptions, for tiny
-    data only: a split left empty by chance gets the unit of lowest hash, and a class whose every
-    unit would leave training keeps them in training; both are logged.)
+    of one file are one unit, so a recording never straddles two splits. (Two exceptions, for small
+    data: a split left empty by chance gets the unit of lowest hash, and a class whose every unit
+    would leave training keeps them in training, whole units, so groups stay disjoint. Both are
+    logged, and both can move files already placed once new files change which case applies.)
   - Cross-validation folds follow the data's own folds (ESC-50), else its groups (k folds of
     speakers, or one fold per speaker), else files (stratified by label); the fold under test never
     takes part in training or in selecting the model (validation is carved from the other folds).
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -69,32 +71,44 @@ def carve(items: list, fractions: dict[str, float], seed: int, by_group: bool,
           root: Path | None = None) -> dict[str, list]:
     """Divide `items` among the splits named in `fractions` (in order, each taking its fraction of the
     hash range) and "train" (the rest). A class whose every unit would leave training stays in training."""
+    unit = {id(it): unit_of(it, by_group, root) for it in items}
+    hashes = {u: unit_hash(seed, u) for u in unit.values()}
     out = {name: [] for name in (*fractions, "train")}
-    hashes = {}
     for item in items:
-        h = hashes[unit_of(item, by_group, root)] = unit_hash(seed, unit_of(item, by_group, root))
         edge = 0.0
         for name, fraction in fractions.items():
             edge += fraction
-            if h < edge:
+            if hashes[unit[id(item)]] < edge:
                 out[name].append(item)
                 break
         else:
             out["train"].append(item)
-    for name, fraction in fractions.items():
-        # A small dataset can leave a split empty by chance: give it the training unit of lowest hash.
-        if fraction > 0 and not out[name] and len(hashes) > 1:
-            unit = min((unit_of(it, by_group, root) for it in out["train"]), key=hashes.get)
-            out[name] = [it for it in out["train"] if unit_of(it, by_group, root) == unit]
-            out["train"] = [it for it in out["train"] if unit_of(it, by_group, root) != unit]
-    in_train = {it.label for it in out["train"]}
-    stranded = sorted({it.label for it in items} - in_train)
+
+    def move(units: set, source: str, target: str) -> None:
+        out[target] += [it for it in out[source] if unit[id(it)] in units]
+        out[source] = [it for it in out[source] if unit[id(it)] not in units]
+
+    stranded = sorted({it.label for it in items} - {it.label for it in out["train"]})
     if stranded:
-        log.warning("%d classes have too few recordings to give some to %s; all of theirs stay in training: %s",
-                    len(stranded), "/".join(fractions), ", ".join(stranded[:10]))
+        # Whole units return to training, so a group-disjoint split stays group-disjoint: a speaker's
+        # recordings of other classes come back with those of the stranded class.
+        back = {unit[id(it)] for name in fractions for it in out[name] if it.label in stranded}
+        log.warning("%d classes have too few %s to give some to %s; all of theirs stay in training: %s%s",
+                    len(stranded), "groups" if by_group else "recordings", "/".join(fractions),
+                    ", ".join(stranded[:10]),
+                    f" (with every recording of {len(back)} groups: {', '.join(sorted(back)[:10])})" if by_group else "")
         for name in fractions:
-            out["train"] += [it for it in out[name] if it.label in stranded]
-            out[name] = [it for it in out[name] if it.label not in stranded]
+            move(back, name, "train")
+    for name, fraction in fractions.items():
+        if fraction > 0 and not out[name]:
+            # Small data can leave a split empty by chance: it takes the training unit of lowest hash
+            # whose departure leaves every class in training.
+            classes = {it.label for it in out["train"]}
+            for candidate in sorted({unit[id(it)] for it in out["train"]}, key=hashes.get):
+                if {it.label for it in out["train"] if unit[id(it)] != candidate} == classes:
+                    log.info("%s: no unit hashed into it; it takes %s", name, candidate)
+                    move({candidate}, "train", name)
+                    break
     return out
 
 
@@ -134,6 +148,9 @@ def cv_scheme(items: list, scheme: str) -> str:
         raise ConfigError(f"cv.scheme={scheme!r}: expected one of {', '.join(CV_SCHEMES)}")
     has_folds = all(it.fold is not None for it in items)
     has_groups = all(it.group is not None for it in items)
+    with_fold = sum(it.fold is not None for it in items)
+    if 0 < with_fold < len(items):
+        log.warning("Only %d of %d recordings have a fold: the folds are not used", with_fold, len(items))
     if scheme == "auto":
         return "folds" if has_folds else "groups" if has_groups else "files"
     if scheme == "folds" and not has_folds:
@@ -200,9 +217,14 @@ def shared_groups(splits: dict[str, list]) -> dict[str, int]:
 
 def duplicates_across_splits(splits: dict[str, list]) -> list[tuple[str, str, str, str]]:
     """[(split, path, other split, other path)] for recordings with identical bytes (or the same file)
-    in two splits. Files are compared by size, then by a hash of their first 64 KiB, and only then by a
-    hash of all their content, so datasets of equal-length clips are not read whole at every start."""
-    candidates = [[(name, path) for name, items in splits.items() for path in sorted({it.path for it in items})]]
+    in two splits, where the parts used overlap (segments of one long file in different splits are
+    fine when they do not). Files are compared by size, then by a hash of their first 64 KiB, and only
+    then by a hash of all their content, so datasets of equal-length clips are not read whole at every start."""
+    segments = defaultdict(list)  # (split, path) -> [(start, end)] used from it
+    for name, items in splits.items():
+        for it in items:
+            segments[name, it.path].append((it.start or 0.0, math.inf if it.end is None else it.end))
+    candidates = [sorted(segments)]
     for key in (os.path.getsize, lambda p: _content_hash(p, 1 << 16), _content_hash):
         groups = defaultdict(list)
         for group in candidates:
@@ -210,10 +232,16 @@ def duplicates_across_splits(splits: dict[str, list]) -> list[tuple[str, str, st
                 groups[key(path)].append((name, path))
         # Only groups spanning two splits can hold a leak.
         candidates = [g for g in groups.values() if len({name for name, _ in g}) > 1]
+
+    def overlap(a, b) -> bool:
+        return any(max(s0, t0) < min(s1, t1) for s0, s1 in segments[a] for t0, t1 in segments[b])
+
     found = []
     for group in candidates:  # identical content, in two or more splits
-        first_name, first_path = group[0]
-        found += [(first_name, first_path, name, path) for name, path in group[1:] if name != first_name]
+        for k, b in enumerate(group):
+            a = next((a for a in group[:k] if a[0] != b[0] and overlap(a, b)), None)
+            if a is not None:
+                found.append((*a, *b))
     return found
 
 
