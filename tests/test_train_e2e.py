@@ -127,7 +127,7 @@ def test_runs_started_together_get_their_own_directories(fsdd_slice, tmp_path):
     assert all((r / "metrics.json").is_file() for r in runs)
 
 
-@pytest.mark.parametrize("script", ["audio-cls-train", "audio-cls-eval", "audio-cls-predict", "audio-cls-export"])
+@pytest.mark.parametrize("script", ["audio-cls-train", "audio-cls-eval", "audio-cls-predict", "audio-cls-export", "audio-cls-cv"])
 def test_console_scripts_find_the_configs_from_any_directory(script, tmp_path):
     # Installed entry points are not run as files, so a relative config_path would be looked up as a module.
     exe = Path(sys.executable).with_name(script)
