@@ -6,6 +6,7 @@ soundfile decodes (WAV, FLAC, OGG, ...); torchaudio only resamples. torchaudio's
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 
@@ -17,6 +18,20 @@ import torchaudio
 from audio_cls.errors import DataError
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+
+
+def audio_files(folder: Path, others: Counter | None = None) -> list[Path]:
+    """The audio files (by extension) in `folder` and below, sorted; `others` counts the other files
+    found, by extension (by name when there is none)."""
+    found = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file():
+            continue
+        if path.suffix.lower() in AUDIO_EXTENSIONS:
+            found.append(path)
+        elif others is not None:
+            others[path.suffix.lower() or path.name] += 1
+    return found
 
 
 def audio_info(path: str | Path) -> sf._SoundFileInfo:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from audio_cls.audio import AUDIO_EXTENSIONS, load_audio
+from audio_cls.audio import AUDIO_EXTENSIONS, audio_files, load_audio
 from audio_cls.errors import ConfigError, DataError
 
 
@@ -67,7 +67,7 @@ class BackgroundNoise(nn.Module):
         folder = Path(noise_dir).expanduser()
         if not folder.is_dir():
             raise ConfigError(f"augment.waveform.noise_dir={noise_dir}: no such directory")
-        self.files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
+        self.files = [str(p) for p in audio_files(folder)]
         if not self.files:
             raise ConfigError(f"augment.waveform.noise_dir={noise_dir}: no audio files "
                               f"({', '.join(AUDIO_EXTENSIONS)}) in it")

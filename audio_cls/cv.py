@@ -26,7 +26,6 @@ from torch.utils.tensorboard import SummaryWriter
 
 from audio_cls import CONF_DIR
 from audio_cls.config_checks import check_config
-from audio_cls.data.splits import cv_scheme
 from audio_cls.runs import hparams_of, run_task, write_json
 from audio_cls.train import train
 
@@ -40,8 +39,7 @@ def cross_validate(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     datamodule = instantiate(cfg.data, features=instantiate(cfg.features))
     datamodule.prepare_data()
-    scheme = cv_scheme(datamodule.scan(), cfg.cv.scheme)
-    plan = datamodule.cv_plan(cfg.cv.folds, scheme)
+    scheme, plan = datamodule.cv_plan(cfg.cv.folds, cfg.cv.scheme)
     log.info("Cross-validation by %s: %d folds (%s)", scheme, len(plan),
              ", ".join(f"{name}: {n} test files" for name, n in plan))
 

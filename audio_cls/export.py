@@ -39,9 +39,9 @@ from torch import nn
 from audio_cls import CONF_DIR
 from audio_cls.errors import ConfigError
 from audio_cls.features import FeatureExtractor
-from audio_cls.inference import Classifier
+from audio_cls.inference import Classifier, InferenceGraph, extract
 from audio_cls.module import AudioClassifier
-from audio_cls.predict import collect_sources, refuse_to_overwrite
+from audio_cls.predict import collect_sources
 from audio_cls.runs import run_task, write_json
 
 log = logging.getLogger(__name__)
@@ -49,27 +49,6 @@ log = logging.getLogger(__name__)
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 FRONTENDS = ("auto", "inside", "outside")
 OUTPUT_NAMES = ("logits", "probabilities")
-
-
-class InferenceGraph(nn.Module):
-    """What is exported: (waveform, lengths in samples) with the front end inside, or (features, frames)
-    without it -> (logits, probabilities)."""
-
-    def __init__(self, features: FeatureExtractor | None, net: nn.Module):
-        super().__init__()
-        self.features, self.net = features, net
-
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.features is not None:
-            x = self.features(inputs, lengths)
-            lengths = self.features.num_frames(lengths).clamp(max=x.shape[1])
-            inputs = x
-        logits = self.net(inputs, lengths)
-        return logits, logits.softmax(dim=-1)
-
-    @property
-    def input_names(self) -> tuple[str, str]:
-        return ("waveform", "lengths") if self.features is not None else ("features", "frames")
 
 
 class BlockMaxPool(nn.Module):
@@ -136,7 +115,8 @@ def export_graph(module: AudioClassifier, fmt: str, path: Path, frontend_inside:
     graph = InferenceGraph(features if frontend_inside else None, exportable_copy(module.net, exporter == "dynamo"))
     waves = torch.randn(2, example_samples) * 0.1
     lengths = torch.tensor([example_samples, max(min_samples, example_samples * 3 // 4)])
-    inputs = (waves, lengths) if frontend_inside else _features(features, waves, lengths)
+    with torch.no_grad():
+        inputs = (waves, lengths) if frontend_inside else extract(features, waves, lengths)
     python_min = min_samples if frontend_inside else int(features.num_frames(min_samples))
     with warnings.catch_warnings():
         # torch.jit.trace and the TorchScript-based ONNX exporter are deprecated in torch 2.11 and say so
@@ -159,12 +139,6 @@ def export_graph(module: AudioClassifier, fmt: str, path: Path, frontend_inside:
                           dynamic_axes={names[0]: {0: "batch", 1: "time"}, names[1]: {0: "batch"},
                                         "logits": {0: "batch"}, "probabilities": {0: "batch"}})
         return Exported(path, fmt, "torch.onnx.export(dynamo=False)", frontend_inside, python_min)
-
-
-def _features(features: FeatureExtractor, waves: torch.Tensor, lengths: torch.Tensor):
-    with torch.no_grad():
-        x = features(waves, lengths)
-    return x, features.num_frames(lengths).clamp(max=x.shape[1])
 
 
 def _exported_min_length(program) -> int:
@@ -220,9 +194,9 @@ def parity(module: AudioClassifier, exported: Exported, batches: dict[str, list]
     for kind, pairs in batches.items():
         diffs = {name: 0.0 for name in OUTPUT_NAMES}
         for waves, lengths in pairs:
-            inputs = (waves, lengths) if exported.frontend_inside else _features(module.features, waves, lengths)
-            inputs = _at_least(*inputs, exported.min_length)
             with torch.no_grad():
+                inputs = (waves, lengths) if exported.frontend_inside else extract(module.features, waves, lengths)
+                inputs = _at_least(*inputs, exported.min_length)
                 expected = reference(*inputs)
             for name, want, have in zip(OUTPUT_NAMES, expected, run_exported(exported, *inputs)):
                 diffs[name] = max(diffs[name], float(np.abs(want.numpy() - have).max()))
@@ -367,8 +341,7 @@ def export(cfg: DictConfig) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
-    refuse_to_overwrite(Path(cfg.paths.output_dir), (*FORMATS.values(), "model.json"), cfg.overwrite)
-    run_task(export, cfg, resuming=True)  # checked just above
+    run_task(export, cfg, resuming=cfg.overwrite, outputs=(*FORMATS.values(), "model.json"))
 
 
 if __name__ == "__main__":

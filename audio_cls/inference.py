@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torchaudio
+from torch import nn
 
 from audio_cls.audio import audio_info, load_audio
 from audio_cls.errors import ConfigError, DataError
@@ -59,6 +60,34 @@ class Prediction:
     @property
     def probability(self) -> float:
         return self.probabilities[0]
+
+
+def extract(features: FeatureExtractor, waveforms: torch.Tensor, lengths: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded waveforms (batch, samples) and lengths in samples -> features (batch, frames, feat) and
+    each item's valid frames (batch,)."""
+    x = features(waveforms, lengths)
+    return x, features.num_frames(lengths).clamp(max=x.shape[1])
+
+
+class InferenceGraph(nn.Module):
+    """The model end to end, as prediction runs it and export writes it: (waveform (batch, samples),
+    lengths in samples) with the front end, or (features (batch, frames, feat), frames) without it
+    -> (logits, probabilities)."""
+
+    def __init__(self, features: FeatureExtractor | None, net: nn.Module):
+        super().__init__()
+        self.features, self.net = features, net
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.features is not None:
+            inputs, lengths = extract(self.features, inputs, lengths)
+        logits = self.net(inputs, lengths)
+        return logits, logits.softmax(dim=-1)
+
+    @property
+    def input_names(self) -> tuple[str, str]:
+        return ("waveform", "lengths") if self.features is not None else ("features", "frames")
 
 
 def minimum_samples(features: FeatureExtractor, net: torch.nn.Module, limit: int = 1 << 24) -> int:
@@ -110,6 +139,7 @@ class Classifier:
             raise ConfigError(f"device={device}: no CUDA GPU here; use device=cpu or auto")
         self.module = module.eval().to(self.device)
         self.features, self.net = self.module.features, self.module.net
+        self.graph = InferenceGraph(self.features, self.net)
         self.min_samples = minimum_samples(self.features, self.net)
 
         if aggregate not in AGGREGATES:
@@ -164,10 +194,7 @@ class Classifier:
         waveforms = waveforms.to(self.device, torch.float32)
         if lengths is None:
             lengths = torch.full((waveforms.shape[0],), waveforms.shape[1])
-        lengths = lengths.to(self.device)
-        x = self.features(waveforms, lengths)
-        frames = self.features.num_frames(lengths).clamp(max=x.shape[1])
-        return self.net(x, frames).softmax(dim=-1).float().cpu()
+        return self.graph(waveforms, lengths.to(self.device))[1].float().cpu()
 
     # --- one recording -------------------------------------------------------------------------------
     def predict(self, x: str | Path | torch.Tensor | np.ndarray, sample_rate: int | None = None, *,
@@ -200,9 +227,7 @@ class Classifier:
             log.info("%s: %s (the model's rate)", path, notes[-1])
         if info.channels > 1:
             notes.append(f"{info.channels} channels averaged to mono")
-        if start is None and end is None:
-            return load_audio(path, self.sample_rate)
-        return load_audio(path, self.sample_rate, start=start, end=end)
+        return load_audio(path, self.sample_rate, start, end)
 
     def _waveform(self, x, sample_rate: int | None, notes: list[str]) -> torch.Tensor:
         wave = torch.as_tensor(x).detach().float().cpu()

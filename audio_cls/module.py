@@ -120,38 +120,36 @@ class AudioClassifier(L.LightningModule):
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.net(inputs, lengths)
 
-    def _shared_step(self, batch: dict, metrics: MetricCollection, split: str) -> torch.Tensor:
+    def _shared_step(self, batch: dict, metrics: MetricCollection, split: str,
+                     mix: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss, metrics and logging of one batch. `mix` = (partner index, weight) of a mixup batch: the
+        loss is weight * loss(targets) + (1 - weight) * loss(partners' targets), and the metrics count
+        the label with the larger weight."""
         logits = self(batch["inputs"], batch["lengths"])
-        loss = self.criterion(logits, batch["targets"])
-        metrics.update(logits.detach(), batch["targets"])
-        batch_size = batch["targets"].shape[0]
+        targets = batch["targets"]
+        loss = self.criterion(logits, targets)
+        if mix is not None:
+            perm, lam = mix
+            loss = lam * loss + (1 - lam) * self.criterion(logits, targets[perm])
+            targets = targets if lam >= 0.5 else targets[perm]
+        metrics.update(logits.detach(), targets)
+        batch_size = targets.shape[0]
         self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=split != "test",
                  batch_size=batch_size, sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=split == "val", batch_size=batch_size)
         return loss, logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        mix = None
         if self.hparams.mixup_alpha > 0:
-            loss = self._mixup_step(batch)
-        else:
-            loss, _ = self._shared_step(batch, self.train_metrics, "train")
+            inputs, lengths, perm, lam = mixup(batch["inputs"], batch["lengths"], self.hparams.mixup_alpha)
+            batch, mix = {**batch, "inputs": inputs, "lengths": lengths}, (perm, lam)
+        loss, _ = self._shared_step(batch, self.train_metrics, "train", mix)
         if not torch.isfinite(loss):
             # Stop before the optimizer writes NaNs into the weights; the last checkpoint stays good.
             raise TrainingDiverged(f"the training loss is {loss.item()} at step {self.global_step} "
                                    f"(epoch {self.current_epoch}, batch {batch_idx}); lower optimizer.lr "
                                    f"or set trainer.gradient_clip_val")
-        return loss
-
-    def _mixup_step(self, batch: dict) -> torch.Tensor:
-        inputs, lengths, perm, lam = mixup(batch["inputs"], batch["lengths"], self.hparams.mixup_alpha)
-        targets = batch["targets"]
-        logits = self(inputs, lengths)
-        loss = lam * self.criterion(logits, targets) + (1 - lam) * self.criterion(logits, targets[perm])
-        self.train_metrics.update(logits.detach(), targets if lam >= 0.5 else targets[perm])
-        batch_size = targets.shape[0]
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size,
-                 sync_dist=True)
-        self.log_dict(self.train_metrics, on_step=False, on_epoch=True, batch_size=batch_size)
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -27,8 +27,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from audio_cls import CONF_DIR
-from audio_cls.audio import AUDIO_EXTENSIONS
-from audio_cls.data.manifest import parse_seconds
+from audio_cls.audio import AUDIO_EXTENSIONS, audio_files
+from audio_cls.data.manifest import parse_segment
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.inference import Classifier, Prediction
 from audio_cls.runs import run_task, write_json
@@ -55,7 +55,7 @@ def collect_sources(spec: str) -> list[Source]:
     """The recordings named by `input`: a file, a folder (recursive) or a CSV manifest."""
     path = Path(spec).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_EXTENSIONS)
+        files = audio_files(path)
         if not files:
             raise DataError(f"input={spec}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in it or below")
         return [Source(p) for p in files]
@@ -80,9 +80,7 @@ def read_manifest(manifest: Path) -> list[Source]:
             if not values["path"]:
                 raise DataError(f"{where}: empty path")
             path = Path(values["path"]).expanduser()
-            start, end = (parse_seconds(values.get(key), key, where) for key in ("start", "end"))
-            if start is not None and end is not None and end <= start:
-                raise DataError(f"{where}: end ({end}) must be after start ({start})")
+            start, end = parse_segment(values, where)
             sources.append(Source(path if path.is_absolute() else manifest.parent / path, start, end,
                                   values.get("label") or None))
     if not sources:
@@ -212,21 +210,11 @@ def table(results: list, input_path: Path, summary: dict, output_dir: Path) -> s
     return "\n".join([*lines, f"{tail}. Outputs in {output_dir}"])
 
 
-def refuse_to_overwrite(output_dir: Path, names: tuple[str, ...], overwrite: bool) -> None:
-    """Earlier outputs are never written over unless asked (run_task's own check speaks of training runs)."""
-    earlier = [name for name in names if (output_dir / name).is_file()]
-    if earlier and not overwrite:
-        print(f"error: output_dir={output_dir} already holds {', '.join(earlier)}; choose another output_dir "
-              f"or pass overwrite=true", file=sys.stderr)
-        raise SystemExit(1)
-
-
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
     output_dir = Path(cfg.paths.output_dir)
-    refuse_to_overwrite(output_dir, OUTPUTS, cfg.overwrite)
     summary: dict = {}
-    run_task(lambda c: summary.update(predict(c)) or summary, cfg, resuming=True)  # checked just above
+    run_task(lambda c: summary.update(predict(c)) or summary, cfg, resuming=cfg.overwrite, outputs=OUTPUTS)
     if summary.get("failed_files"):
         print(f"error: {summary['failed_files']} of {summary['files']} files could not be read; they are listed "
               f"with their error in {output_dir / 'predictions.csv'}", file=sys.stderr)

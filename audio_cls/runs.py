@@ -100,13 +100,20 @@ def user_message(err: BaseException) -> str | None:
     return None
 
 
-def refuse_to_overwrite(output_dir: Path) -> None:
-    """A run directory that already holds results is never written over silently."""
-    earlier = [p.name for p in (output_dir / "metrics.json", *(output_dir / "checkpoints").glob("*.ckpt"))
-               if p.is_file()]
+def refuse_to_overwrite(output_dir: Path, outputs: tuple[str, ...] | None = None) -> None:
+    """A directory that already holds results is never written over silently: a training run's
+    (metrics.json, checkpoints), or with `outputs` those files of another task (predict, export)."""
+    if outputs is None:
+        earlier = [p.name for p in (output_dir / "metrics.json", *(output_dir / "checkpoints").glob("*.ckpt"))
+                   if p.is_file()]
+        if earlier:
+            raise ConfigError(f"hydra.run.dir={output_dir} already holds an earlier run ({', '.join(earlier[:3])}); "
+                              f"pass ckpt_path=last to resume it, or choose a new hydra.run.dir")
+        return
+    earlier = [name for name in outputs if (output_dir / name).is_file()]
     if earlier:
-        raise ConfigError(f"hydra.run.dir={output_dir} already holds an earlier run ({', '.join(earlier[:3])}); "
-                          f"pass ckpt_path=last to resume it, or choose a new hydra.run.dir")
+        raise ConfigError(f"output_dir={output_dir} already holds {', '.join(earlier)}; choose another output_dir "
+                          f"or pass overwrite=true")
 
 
 def check_writable(output_dir: Path) -> None:
@@ -123,11 +130,13 @@ def check_writable(output_dir: Path) -> None:
         log.warning("Only %.2f GB free under %s: checkpoints may not fit", free_gb, output_dir)
 
 
-def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig, resuming: bool = False) -> float:
+def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig, resuming: bool = False,
+             outputs: tuple[str, ...] | None = None) -> float:
     """Run `task` in its run directory and write its metrics.json, finished or failed.
 
     `task` returns a dict of results (metrics as floats, plus anything JSON can hold).
-    `resuming`: the task continues the run already in the directory (train with ckpt_path).
+    `resuming`: the task continues the run already in the directory (train with ckpt_path), or may
+    write over it (overwrite=true); otherwise earlier results stop it (`outputs`: see refuse_to_overwrite).
     Returns the metric named by `optimized_metric`, for Hydra sweepers. A job that fails in a multirun
     returns the worst value (-inf when maximizing) instead of raising, so the rest of the sweep runs and
     sweepers can still rank it (NaN would stop the Optuna sweeper); metrics.json and the sweep report
@@ -139,7 +148,7 @@ def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig, resuming: bool
     started = time.perf_counter()
     try:
         if not resuming:
-            refuse_to_overwrite(output_dir)
+            refuse_to_overwrite(output_dir, outputs)
         check_writable(output_dir)
     except ConfigError as err:
         if multirun:

@@ -16,7 +16,7 @@ from audio_cls.audio import load_audio
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.inference import Classifier, minimum_samples
 from audio_cls.module import AudioClassifier
-from audio_cls.predict import OUTPUTS, collect_sources, predict, refuse_to_overwrite
+from audio_cls.predict import collect_sources, predict
 from conftest import FSDD, run_entry, write_tone
 
 SR = 8000
@@ -295,12 +295,16 @@ def test_predict_entry_point_on_a_folder(trained_checkpoint, classifier, tmp_pat
     assert (metrics["status"], metrics["predicted_files"], metrics["failed_files"]) == ("finished", 4, 2)
 
 
-def test_earlier_predictions_are_not_overwritten_unless_asked(tmp_path, capsys):
+def test_earlier_predictions_are_not_overwritten_unless_asked(trained_checkpoint, tmp_path):
     (tmp_path / "predictions.csv").write_text("path\n")
-    with pytest.raises(SystemExit) as exit_:
-        refuse_to_overwrite(tmp_path, OUTPUTS, overwrite=False)
-    assert exit_.value.code == 1 and f"output_dir={tmp_path} already holds predictions.csv" in capsys.readouterr().err
-    refuse_to_overwrite(tmp_path, OUTPUTS, overwrite=True)
+    wav = write_tone(tmp_path / "x.wav", seconds=0.5, sample_rate=SR)
+    proc = run_entry("audio_cls.predict", f"ckpt_path={trained_checkpoint}", f"input={wav}", f"output_dir={tmp_path}")
+    assert proc.returncode == 1 and f"output_dir={tmp_path} already holds predictions.csv" in proc.stderr
+    assert (tmp_path / "predictions.csv").read_text() == "path\n"
+    proc = run_entry("audio_cls.predict", f"ckpt_path={trained_checkpoint}", f"input={wav}", f"output_dir={tmp_path}",
+                     "overwrite=true", "device=cpu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "predictions.csv").read_text().startswith("path,status,label_1")
 
 
 def test_predict_entry_point_stops_on_a_single_unreadable_file(trained_checkpoint, tmp_path):

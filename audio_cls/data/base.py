@@ -256,11 +256,13 @@ class AudioDataModule(L.LightningDataModule):
         return assign_splits(items, self.val_fraction, self.test_fraction, self.split_seed, self.split_by,
                              self.root_path)
 
-    def cv_plan(self, num_folds: int, scheme: str) -> list[tuple[str, int]]:
-        """[(fold name, number of test recordings)] of a cross-validation (see `audio_cls.cv`)."""
+    def cv_plan(self, num_folds: int, scheme: str) -> tuple[str, list[tuple[str, int]]]:
+        """The resolved scheme (`auto` made concrete) and [(fold name, number of test recordings)] of a
+        cross-validation (see `audio_cls.cv`)."""
         items = self.scan()
-        folds = cv_folds(items, cv_scheme(items, scheme), num_folds, self.split_seed, self.root_path)
-        return [(name, len(test)) for name, test in folds]
+        scheme = cv_scheme(items, scheme)
+        folds = cv_folds(items, scheme, num_folds, self.split_seed, self.root_path)
+        return scheme, [(name, len(test)) for name, test in folds]
 
     @property
     def root_path(self) -> Path:

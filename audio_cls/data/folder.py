@@ -14,7 +14,7 @@ import unicodedata
 from collections import Counter
 from pathlib import Path
 
-from audio_cls.audio import AUDIO_EXTENSIONS
+from audio_cls.audio import AUDIO_EXTENSIONS, audio_files
 from audio_cls.data.base import AudioDataModule, Item, require_dir
 from audio_cls.errors import ConfigError, DataError
 
@@ -41,21 +41,15 @@ class Folder(AudioDataModule):
         items, ignored, empty, unmatched = [], Counter(), [], 0
         for class_dir in class_dirs:
             label = unicodedata.normalize("NFC", class_dir.name)
-            found = 0
-            for path in sorted(class_dir.rglob("*")):
-                if not path.is_file():
-                    continue
-                if path.suffix.lower() not in AUDIO_EXTENSIONS:
-                    ignored[path.suffix.lower() or path.name] += 1
-                    continue
+            files = audio_files(class_dir, ignored)
+            for path in files:
                 group = None
                 if self.group_pattern is not None:
                     m = self.group_pattern.search(path.name)
                     group = m["group"] if m else None
                     unmatched += m is None
                 items.append(Item(str(path), label, group))
-                found += 1
-            if not found:
+            if not files:
                 empty.append(label)
         if ignored:
             log.warning("Ignored %d files that are not audio (%s): %s", sum(ignored.values()),

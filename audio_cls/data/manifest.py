@@ -87,9 +87,7 @@ class Manifest(AudioDataModule):
         split = values.get("split") or None
         if split is not None and split.lower() not in SPLIT_NAMES:
             raise DataError(f"{where}: split {split!r} is not one of train, val, test")
-        start, end = (parse_seconds(values.get(k), k, where) for k in ("start", "end"))
-        if start is not None and end is not None and end <= start:
-            raise DataError(f"{where}: end ({end}) must be after start ({start})")
+        start, end = parse_segment(values, where)
         fold = values.get("fold") or None
         if fold is not None:
             try:
@@ -100,8 +98,16 @@ class Manifest(AudioDataModule):
                     SPLIT_NAMES[split.lower()] if split else None, fold)
 
 
-def parse_seconds(text: str | None, column: str, where: str) -> float | None:
-    """A manifest's start/end cell: None when empty, else non-negative seconds (a DataError naming `where`)."""
+def parse_segment(values: dict[str, str], where: str) -> tuple[float | None, float | None]:
+    """A manifest row's `start`/`end` cells -> seconds (None where empty); a DataError naming `where` for
+    text, negative numbers or an end not after the start. Shared with `audio_cls.predict`."""
+    start, end = (_seconds(values.get(column), column, where) for column in ("start", "end"))
+    if start is not None and end is not None and end <= start:
+        raise DataError(f"{where}: end ({end}) must be after start ({start})")
+    return start, end
+
+
+def _seconds(text: str | None, column: str, where: str) -> float | None:
     if not text:
         return None
     try:
