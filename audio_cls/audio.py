@@ -1,11 +1,12 @@
 """Reading audio: a file on disk -> a mono float32 waveform at the configured sample rate.
 
-soundfile decodes (WAV, FLAC, OGG, ...); torchaudio only resamples. torchaudio's own
+soundfile decodes (WAV, FLAC, OGG, MP3 with libsndfile >= 1.1, ...); torchaudio only resamples. torchaudio's own
 `load()` needs TorchCodec and FFmpeg since 2.9, which a research machine may lack.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
@@ -17,25 +18,59 @@ import torchaudio
 
 from audio_cls.errors import DataError
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+log = logging.getLogger(__name__)
+
+# MP3 is listed even where libsndfile cannot decode it, so such files fail with a clear error instead of
+# being ignored (see require_decoder).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
 
-def audio_files(folder: Path, others: Counter | None = None) -> list[Path]:
+def audio_files(folder: Path, others: Counter | None = None,
+                skipped: list[tuple[str, str]] | None = None) -> list[Path]:
     """The audio files (by extension) in `folder` and below, sorted; `others` counts the other files
-    found, by extension (by name when there is none)."""
-    found = []
+    found, by extension (by name when there is none). Entries named like audio that are not files (a
+    broken symbolic link, a folder called x.wav) go to `skipped` as (path, reason); without that list
+    they are logged here, so they never vanish without a word."""
+    found, unusable = [], []
     for path in sorted(folder.rglob("*")):
-        if not path.is_file():
-            continue
-        if path.suffix.lower() in AUDIO_EXTENSIONS:
-            found.append(path)
-        elif others is not None:
-            others[path.suffix.lower() or path.name] += 1
+        audio_named = path.suffix.lower() in AUDIO_EXTENSIONS
+        if path.is_file():
+            if audio_named:
+                found.append(path)
+            elif others is not None:
+                others[path.suffix.lower() or path.name] += 1
+        elif audio_named:
+            unusable.append((str(path), f"{path}: {_not_a_file(path)}"))
+    if skipped is not None:
+        skipped.extend(unusable)
+    elif unusable:
+        log.warning("Skipped %d entries named like audio that are not files: %s", len(unusable),
+                    "; ".join(reason for _, reason in unusable[:5]))
     return found
+
+
+def _not_a_file(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return f"a broken symbolic link (to {path.readlink()})"
+    return "a folder, not an audio file" if path.is_dir() else "not a regular file"
+
+
+@lru_cache(maxsize=1)
+def mp3_supported() -> bool:
+    return "MP3" in sf.available_formats()  # libsndfile >= 1.1 built with mpg123
+
+
+def require_decoder(path: str | Path) -> None:
+    """A clear DataError for an MP3 that this libsndfile cannot decode (its own error is 'Format not
+    recognised', which reads like a broken file)."""
+    if Path(path).suffix.lower() == ".mp3" and not mp3_supported():
+        raise DataError(f"{path}: this libsndfile ({sf.__libsndfile_version__}) cannot read MP3; it needs "
+                        f"libsndfile >= 1.1 (pip install -U soundfile), or convert the file to WAV/FLAC")
 
 
 def audio_info(path: str | Path) -> sf._SoundFileInfo:
     """Header of `path` (frames, samplerate, channels); a clear DataError if it cannot be read."""
+    require_decoder(path)
     try:
         info = sf.info(str(path))
     except Exception as err:  # soundfile raises RuntimeError/LibsndfileError/TypeError by backend
@@ -59,6 +94,7 @@ def load_audio(path: str | Path, sample_rate: int, start: float | None = None,
         Tensor of shape (samples,), float32 in [-1, 1]. Channels are averaged;
         another sample rate is converted with torchaudio's Resample.
     """
+    require_decoder(path)
     try:
         with sf.SoundFile(str(path)) as f:
             file_rate = f.samplerate

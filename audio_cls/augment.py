@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from audio_cls.audio import AUDIO_EXTENSIONS, audio_files, load_audio
+from audio_cls.audio import AUDIO_EXTENSIONS, audio_files, audio_info, load_audio
 from audio_cls.errors import ConfigError, DataError
 
 
@@ -57,12 +57,15 @@ class BackgroundNoise(nn.Module):
     """Add a random stretch of a random recording from `noise_dir` (searched recursively) at a
     signal-to-noise ratio drawn uniformly in `snr_db`, with probability `prob`.
 
-    Noise recordings are read at the training sample rate when first drawn and kept in memory
-    (per DataLoader worker); one shorter than the waveform is repeated.
+    Only the part `noise_range` = [start, end] (shares of each recording's length) is drawn from:
+    a dataset that cuts its validation/test `_silence_` clips from the same recordings (Speech
+    Commands: the last 20%) must not have them heard in training. Noise recordings are read at the
+    training sample rate when first drawn and kept in memory (per DataLoader worker); a part shorter
+    than the waveform is repeated.
     """
 
     def __init__(self, noise_dir: str, sample_rate: int, snr_db: tuple[float, float] = (5.0, 20.0),
-                 prob: float = 1.0):
+                 prob: float = 1.0, noise_range: tuple[float, float] = (0.0, 1.0)):
         super().__init__()
         folder = Path(noise_dir).expanduser()
         if not folder.is_dir():
@@ -71,15 +74,22 @@ class BackgroundNoise(nn.Module):
         if not self.files:
             raise ConfigError(f"augment.waveform.noise_dir={noise_dir}: no audio files "
                               f"({', '.join(AUDIO_EXTENSIONS)}) in it")
+        if len(noise_range) != 2 or not 0 <= noise_range[0] < noise_range[1] <= 1:
+            raise ConfigError(f"augment.waveform.noise_range={list(noise_range)}: expected [start, end] with "
+                              f"0 <= start < end <= 1 (shares of each noise recording)")
         self.sample_rate = sample_rate
         self.snr_db = tuple(snr_db)
         self.prob = prob
+        self.noise_range = (float(noise_range[0]), float(noise_range[1]))
         self._noise: dict[str, torch.Tensor] = {}
 
     def _recording(self, path: str) -> torch.Tensor:
         if path not in self._noise:
             try:
-                self._noise[path] = load_audio(path, self.sample_rate)
+                seconds = audio_info(path).duration
+                start, end = self.noise_range
+                # Cut at the file's own rate, before resampling, so no sample beyond `end` is mixed in.
+                self._noise[path] = load_audio(path, self.sample_rate, start * seconds, end * seconds)
             except DataError as err:
                 raise DataError(f"augment.waveform.noise_dir: {err}") from None
         return self._noise[path]
@@ -108,12 +118,13 @@ class WaveformAugment(nn.Module):
         sample_rate: the training rate (noise recordings are resampled to it).
         gain_db: [min, max] decibels of random gain, or null.
         shift: largest time shift in seconds (either way), 0 for none.
-        noise_dir: a folder of noise recordings, or null; `snr_db` [min, max] and `noise_prob` as in
-            BackgroundNoise.
+        noise_dir: a folder of noise recordings, or null; `snr_db` [min, max], `noise_prob` and
+            `noise_range` [start, end] (the share of each recording drawn from) as in BackgroundNoise.
     """
 
     def __init__(self, sample_rate: int, gain_db: tuple[float, float] | None = None, shift: float = 0.0,
-                 noise_dir: str | None = None, snr_db: tuple[float, float] = (5.0, 20.0), noise_prob: float = 1.0):
+                 noise_dir: str | None = None, snr_db: tuple[float, float] = (5.0, 20.0), noise_prob: float = 1.0,
+                 noise_range: tuple[float, float] = (0.0, 1.0)):
         super().__init__()
         steps = []
         if shift:
@@ -121,7 +132,7 @@ class WaveformAugment(nn.Module):
         if gain_db is not None:
             steps.append(RandomGain(*gain_db))
         if noise_dir:
-            steps.append(BackgroundNoise(noise_dir, sample_rate, snr_db, noise_prob))
+            steps.append(BackgroundNoise(noise_dir, sample_rate, snr_db, noise_prob, noise_range))
         self.steps = nn.ModuleList(steps)
 
     @property

@@ -4,6 +4,7 @@ declares, a few ranges, and no missing (`???`) values. Each problem is one line 
 from __future__ import annotations
 
 import inspect
+import logging
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -14,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from audio_cls.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # Groups whose nodes are built by `_target_`: their values are checked against its signature.
 TARGET_GROUPS = ("data", "features", "model", "loss", "optimizer", "scheduler")
@@ -48,7 +51,7 @@ def check_types(node: dict, group: str) -> None:
         target = get_object(node["_target_"])
     except Exception:
         raise ConfigError(f"{group}._target_={node['_target_']}: cannot be imported") from None
-    hints, parameters, accepts_any = signature_of(target)
+    hints, parameters, accepts_any = signature_of(target, f"{group}: ")
     for name, value in node.items():
         if name.startswith("_"):
             continue
@@ -58,23 +61,51 @@ def check_types(node: dict, group: str) -> None:
             raise ConfigError(f"{group}.{name}={value!r}: expected {describe(hints[name])}")
 
 
-def signature_of(target) -> tuple[dict, dict, bool]:
+def signature_of(target, where: str = "") -> tuple[dict, dict, bool]:
     """Annotations and parameters of a callable or class, following **kwargs up the class hierarchy
-    (a dataset's own arguments plus those it passes on to AudioDataModule)."""
+    (a dataset's own arguments plus those it passes on to AudioDataModule). What cannot be read is
+    logged as a warning (prefixed by `where`) instead of silently going unchecked."""
     hints, parameters = {}, {}
     inits = [c.__dict__["__init__"] for c in inspect.getmro(target) if "__init__" in c.__dict__] \
         if inspect.isclass(target) else [target]
+    name = _name(target)
     for init in inits:
         try:
             own = inspect.signature(init).parameters
-            found = typing.get_type_hints(init)
-        except Exception:  # builtins or annotations that do not evaluate: nothing more to check against
+        except (TypeError, ValueError) as err:  # builtins without a signature
+            log.warning("%scannot read the signature of %s (%s); its config keys and values are not checked",
+                        where, name, err)
             return hints, parameters, True
-        hints = {**found, **hints}
+        hints = {**type_hints(init, name, where), **hints}
         parameters = {**{k: p for k, p in own.items() if p.kind is not p.VAR_KEYWORD}, **parameters}
         if not any(p.kind is p.VAR_KEYWORD for p in own.values()):
             return hints, parameters, False
     return hints, parameters, True
+
+
+def type_hints(function, name: str, where: str = "") -> dict:
+    """typing.get_type_hints of `function`; when some annotations do not evaluate (a name imported only
+    under TYPE_CHECKING, a typo in a string annotation), the others one by one, and a warning for each that
+    does not, so that one bad annotation leaves the rest checked."""
+    try:
+        return typing.get_type_hints(function)
+    except Exception:
+        pass
+    hints = {}
+    namespace = getattr(inspect.unwrap(function), "__globals__", {})
+    for argument, annotation in inspect.get_annotations(function).items():
+        try:
+            hints.update(typing.get_type_hints(types.SimpleNamespace(__annotations__={argument: annotation}),
+                                               namespace))
+        except Exception as err:
+            if argument != "return":
+                log.warning("%sthe annotation of %s argument %s (%r) does not evaluate (%s: %s); its value is not "
+                            "type-checked", where, name, argument, annotation, type(err).__name__, err)
+    return hints
+
+
+def _name(target) -> str:
+    return f"{getattr(target, '__module__', None) or '?'}.{getattr(target, '__qualname__', repr(target))}"
 
 
 def matches(value, hint) -> bool:

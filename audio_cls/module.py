@@ -59,11 +59,17 @@ class AudioClassifier(L.LightningModule):
         mixup_alpha: > 0 mixes pairs of training items (Beta(alpha, alpha) weights; `audio_cls.augment.mixup`);
             training accuracy then counts the label with the larger weight.
         config: the run's resolved config (plain dict), saved so a checkpoint alone rebuilds the model.
+
+    Training metrics stay off the hot path: loss, accuracy and the padding share of the batches are summed
+    on the device as they come and logged once per epoch (train/loss, train/acc, train/padding_share);
+    nothing in a training step waits for the device, apart from the check for a non-finite loss, which
+    runs every step on the CPU and every `nan_check_every_n_steps` steps (and at the end of each epoch) on
+    an accelerator.
     """
 
     def __init__(self, net: nn.Module, features: FeatureExtractor | None, class_names: list[str],
                  optimizer: Spec = None, scheduler: Spec | None = None, loss: Spec | None = None,
-                 mixup_alpha: float = 0.0, config: dict | None = None):
+                 mixup_alpha: float = 0.0, config: dict | None = None, nan_check_every_n_steps: int = 50):
         super().__init__()
         if mixup_alpha < 0:
             raise ConfigError(f"augment.mixup_alpha={mixup_alpha}: must be >= 0 (0 switches mixup off)")
@@ -79,7 +85,7 @@ class AudioClassifier(L.LightningModule):
             "acc": MulticlassAccuracy(num_classes, average="micro"),
             "f1": MulticlassF1Score(num_classes, average="macro"),
         })
-        self.train_metrics = metrics.clone(prefix="train/")
+        self.train_sums = None  # (loss x items, correct, items, valid frames, frames) of this epoch, on the device
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
         self.val_acc_best = MaxMetric()
@@ -120,11 +126,11 @@ class AudioClassifier(L.LightningModule):
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.net(inputs, lengths)
 
-    def _shared_step(self, batch: dict, metrics: MetricCollection, split: str,
-                     mix: tuple[torch.Tensor, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Loss, metrics and logging of one batch. `mix` = (partner index, weight) of a mixup batch: the
-        loss is weight * loss(targets) + (1 - weight) * loss(partners' targets), and the metrics count
-        the label with the larger weight."""
+    def _logits_and_loss(self, batch: dict, mix: tuple[torch.Tensor, float] | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Logits, loss and the targets metrics count. `mix` = (partner index, weight) of a mixup batch: the
+        loss is weight * loss(targets) + (1 - weight) * loss(partners' targets), and metrics count the
+        label with the larger weight."""
         logits = self(batch["inputs"], batch["lengths"])
         targets = batch["targets"]
         loss = self.criterion(logits, targets)
@@ -132,25 +138,51 @@ class AudioClassifier(L.LightningModule):
             perm, lam = mix
             loss = lam * loss + (1 - lam) * self.criterion(logits, targets[perm])
             targets = targets if lam >= 0.5 else targets[perm]
-        metrics.update(logits.detach(), targets)
+        return logits, loss, targets
+
+    def _shared_step(self, batch: dict, metrics: MetricCollection, split: str) -> torch.Tensor:
+        """Loss, metrics and logging of a validation or test batch; returns the logits."""
+        logits, loss, targets = self._logits_and_loss(batch)
+        metrics.update(logits, targets)
         batch_size = targets.shape[0]
         self.log(f"{split}/loss", loss, on_step=False, on_epoch=True, prog_bar=split != "test",
                  batch_size=batch_size, sync_dist=True)
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=split == "val", batch_size=batch_size)
-        return loss, logits
+        return logits
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         mix = None
         if self.hparams.mixup_alpha > 0:
             inputs, lengths, perm, lam = mixup(batch["inputs"], batch["lengths"], self.hparams.mixup_alpha)
             batch, mix = {**batch, "inputs": inputs, "lengths": lengths}, (perm, lam)
-        loss, _ = self._shared_step(batch, self.train_metrics, "train", mix)
+        logits, loss, targets = self._logits_and_loss(batch, mix)
+        with torch.no_grad():
+            lengths, items = batch["lengths"], targets.shape[0]
+            step = torch.stack([loss.detach().float() * items, (logits.argmax(-1) == targets).sum().float(),
+                                lengths.new_tensor(items).float(), lengths.sum().float(),
+                                lengths.new_tensor(items * batch["inputs"].shape[1]).float()])
+            self.train_sums = step if self.train_sums is None else self.train_sums + step
+        if loss.device.type == "cpu" or batch_idx % self.hparams.nan_check_every_n_steps == 0:
+            self._check_finite(loss, batch_idx)
+        return loss
+
+    def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         if not torch.isfinite(loss):
             # Stop before the optimizer writes NaNs into the weights; the last checkpoint stays good.
             raise TrainingDiverged(f"the training loss is {loss.item()} at step {self.global_step} "
                                    f"(epoch {self.current_epoch}, batch {batch_idx}); lower optimizer.lr "
                                    f"or set trainer.gradient_clip_val")
-        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self.train_sums is None:
+            return
+        loss_sum, correct, items, valid, frames = self.train_sums
+        self.train_sums = None
+        if not torch.isfinite(loss_sum):  # on an accelerator, steps between checks: before the checkpoint
+            raise TrainingDiverged(f"the training loss became {loss_sum.item()} in epoch {self.current_epoch}; "
+                                   f"lower optimizer.lr or set trainer.gradient_clip_val")
+        self.log_dict({"train/loss": loss_sum / items, "train/acc": correct / items,
+                       "train/padding_share": 1 - valid / frames}, sync_dist=True)
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._shared_step(batch, self.val_metrics, "val")
@@ -162,7 +194,7 @@ class AudioClassifier(L.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
-        _, logits = self._shared_step(batch, self.test_metrics, "test")
+        logits = self._shared_step(batch, self.test_metrics, "test")
         self.test_confusion.update(logits, batch["targets"])
         self.test_per_class_metrics.update(logits, batch["targets"])
 

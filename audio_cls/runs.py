@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 def write_json(path: Path, data: dict) -> None:
     """Write JSON atomically: a reader (or a crash) never sees half a file."""
     path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=False, allow_nan=True) + "\n", encoding="utf-8")
     os.replace(tmp, path)
 
@@ -118,7 +119,7 @@ def refuse_to_overwrite(output_dir: Path, outputs: tuple[str, ...] | None = None
 
 def check_writable(output_dir: Path) -> None:
     """Fail now, not after an hour of training, if the run directory cannot take files."""
-    probe = output_dir / ".write_probe"
+    probe = output_dir / f".write_probe.{os.getpid()}.{uuid.uuid4().hex[:8]}"  # ranks may probe at once
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         probe.write_text("")

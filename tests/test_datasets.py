@@ -8,6 +8,7 @@ import math
 import shutil
 import zipfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,7 +85,7 @@ def test_folder_bad_layouts_are_named(tmp_path):
         build(Folder, tmp_path / "absent")
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "readme.txt").write_text("x")
-    with pytest.raises(DataError, match=r"no audio files \(.wav, .flac, .ogg\) in class folders"):
+    with pytest.raises(DataError, match=r"no audio files \(.wav, .flac, .ogg, .mp3\) in class folders"):
         build(Folder, tmp_path)
     write_tone_dataset(tmp_path)
     (tmp_path / "empty_class").mkdir()
@@ -251,14 +252,17 @@ def test_one_class_is_an_error(tmp_path):
 
 
 # --- Speech Commands ---------------------------------------------------------------------------
-def make_speech_commands(root, words=("yes", "no", "up", "bed"), speakers=8, lists=True):
+def make_speech_commands(root, words=("yes", "no", "up", "bed"), speakers=8, lists=True, noise=None):
+    """Word folders of 1 s tones, `_background_noise_/white.wav` (12 s at 16 kHz, or the samples `noise`)
+    and, with `lists`, official lists naming speaker 1 for validation and speaker 2 for test."""
     for w, word in enumerate(words):
         (root / word).mkdir(parents=True)
         for s in range(speakers):
             write_tone(root / word / f"{s:08x}_nohash_0.wav", seconds=1.0, sample_rate=16000, freq=300 + 200 * w)
     (root / "_background_noise_").mkdir()
-    sf.write(str(root / "_background_noise_" / "white.wav"), 0.1 * np.random.default_rng(0).standard_normal(16000 * 12),
-             16000)
+    if noise is None:
+        noise = 0.1 * np.random.default_rng(0).standard_normal(16000 * 12)
+    sf.write(str(root / "_background_noise_" / "white.wav"), noise, 16000, subtype="FLOAT")
     if lists:
         (root / "validation_list.txt").write_text("".join(f"{w}/00000001_nohash_0.wav\n" for w in words))
         (root / "testing_list.txt").write_text("".join(f"{w}/00000002_nohash_0.wav\n" for w in words))
@@ -272,17 +276,26 @@ def test_speech_commands_official_lists(tmp_path):
     assert len(dm.splits["train"]) == 4 * 6
 
 
-def test_speech_commands_hash_rule_without_lists(tmp_path):
-    make_speech_commands(tmp_path, speakers=40, lists=False)
-    dm = build(SpeechCommands, tmp_path, download=False)
-    for split, items in dm.splits.items():
-        assert all(which_set(it.path) == split for it in items)
-        for it in items:  # a speaker's recordings of every word share its split
-            assert which_set(f"{it.group}_nohash_7.wav") == split
-    # the dataset README's rule, computed independently for one name
-    import hashlib
-    h = int(hashlib.sha1(b"0000000a").hexdigest(), 16) % (2**27) * (100.0 / (2**27 - 1))
-    assert which_set("0000000a_nohash_3.wav") == ("val" if h < 10 else "test" if h < 20 else "train")
+# Name -> split pairs of the released dataset: entries of v0.02's testing_list.txt and validation_list.txt,
+# and training files (in neither list); TensorFlow's input_data.which_set(name, 10, 10) agrees on each.
+KNOWN_SPLITS = {
+    "cat/2aa787cf_nohash_0.wav": "test", "cat/2aa787cf_nohash_1.wav": "test", "cat/24ad3ebe_nohash_2.wav": "test",
+    "go/0ea0e2f4_nohash_1.wav": "test",
+    "cat/8b775397_nohash_0.wav": "val", "cat/16db1582_nohash_4.wav": "val", "go/6a27a9bf_nohash_0.wav": "val",
+    "cat/e91d173e_nohash_1.wav": "train", "cat/9ce7a419_nohash_0.wav": "train", "go/7f74626f_nohash_2.wav": "train",
+    "go/b59fe16d_nohash_0.wav": "train",
+}
+
+
+def test_speech_commands_hash_rule_matches_the_released_splits(tmp_path):
+    for name, split in KNOWN_SPLITS.items():
+        assert which_set(name) == split, name
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        write_tone(tmp_path / name, seconds=1.0, sample_rate=16000)
+    dm = build(SpeechCommands, tmp_path, download=False)  # no lists: the hash rule splits
+    found = {f"{Path(it.path).parent.name}/{Path(it.path).name}": split
+             for split, items in dm.splits.items() for it in items}
+    assert found == KNOWN_SPLITS
 
 
 def test_speech_commands_twelve_class_setup(tmp_path):
@@ -304,6 +317,66 @@ def test_speech_commands_twelve_class_setup(tmp_path):
     assert not [d for d in dm.duplicates if "_background_noise_" in d[1]]  # (the generated words are identical tones)
     wave = dm.dataset("train", returns="waveform", augment=False)
     assert all(x["inputs"].shape[0] == 16000 for x in (wave[i] for i in range(len(wave))) if x is not None)
+
+
+BENCHMARK_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
+
+
+def test_speech_commands_noise_augmentation_never_plays_validation_or_test_silence(tmp_path):
+    """experiment=speech_commands_cnn mixes _background_noise_ into training recordings; the parts of
+    those recordings cut into validation/test _silence_ clips must never be what is mixed in."""
+    from test_configs import compose_train
+
+    from audio_cls.config_checks import check_config
+
+    # A ramp: the value of every noise sample says where in the recording it was taken from.
+    total = 16000 * 12
+    make_speech_commands(tmp_path, words=(*BENCHMARK_WORDS, "bed"), noise=0.1 + 0.8 * np.arange(total) / total)
+    cfg = compose_train(["experiment=speech_commands_cnn", f"data.root={tmp_path}", "data.num_workers=0",
+                         "augment.waveform.shift=0", "augment.waveform.gain_db=null"], tmp_path / "run")
+    assert list(cfg.data.words) == list(BENCHMARK_WORDS)  # strings, not YAML's booleans for yes/no/on/off
+    check_config(cfg)
+    dm = instantiate_data(cfg)  # as train.py builds it
+    dm.setup("fit")
+    held_out = [it for split in ("val", "test") for it in dm.splits[split] if it.label == "_silence_"]
+    assert held_out
+    first_held_out = round(min(it.start for it in held_out) * 16000)  # sample index in the noise recording
+
+    torch.manual_seed(0)
+    clean, noisy = dm.dataset("train", returns="waveform", augment=False), dm.dataset("train", returns="waveform")
+    ends = []
+    for _ in range(3):
+        for i in range(len(clean)):
+            added = (noisy[i]["inputs"] - clean[i]["inputs"]).double().numpy()
+            if not added.any():
+                continue  # noise_prob: this one got none
+            # added = scale * ramp[start : start + n]: its straight line gives the start
+            slope, intercept = np.polyfit(np.arange(added.size), added, 1)
+            assert np.abs(added - (intercept + slope * np.arange(added.size))).max() < 1e-4 * np.abs(added).max()
+            start = intercept / slope - 0.125 * total
+            ends.append(start + added.size)
+    assert len(ends) > 100 and max(ends) > 0.6 * total  # enough draws, reaching near the boundary
+    assert max(ends) <= first_held_out + 1, f"noise drawn up to sample {max(ends):.0f}, validation/test " \
+                                            f"_silence_ starts at {first_held_out}"
+
+
+def test_speech_commands_refuses_noise_augmentation_from_held_out_silence(tmp_path):
+    make_speech_commands(tmp_path)
+    noise_dir = str(tmp_path / "_background_noise_")
+    for noise_range in ((0.0, 1.0), (0.5, 0.85)):
+        with pytest.raises(ConfigError, match=r"augment.waveform.noise_range=\[.*\]: background noise would come from "
+                                              r"the parts of .*_background_noise_ cut into _silence_ clips \(val"):
+            build(SpeechCommands, tmp_path, download=False, silence_share=0.1,
+                  waveform_augment=WaveformAugment(16000, noise_dir=noise_dir, noise_range=noise_range))
+    # the training part, or no _silence_ clips at all, is fine
+    build(SpeechCommands, tmp_path, download=False, silence_share=0.1,
+          waveform_augment=WaveformAugment(16000, noise_dir=noise_dir, noise_range=(0.0, 0.8)))
+    build(SpeechCommands, tmp_path, download=False, waveform_augment=WaveformAugment(16000, noise_dir=noise_dir))
+    with pytest.raises(ConfigError, match=r"data.noise_shares: the train and val parts overlap"):
+        build(SpeechCommands, tmp_path, download=False, noise_shares={"train": [0, 0.85], "val": [0.8, 0.9],
+                                                                      "test": [0.9, 1]})
+    with pytest.raises(ConfigError, match=r"augment.waveform.noise_range=\[0.9, 0.2\]: expected \[start, end\]"):
+        BackgroundNoise(noise_dir, 16000, noise_range=(0.9, 0.2))
 
 
 def test_offline_download_says_what_to_do(tmp_path, monkeypatch):

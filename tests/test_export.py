@@ -1,22 +1,27 @@
 """Export to ONNX and TorchScript: what is inside the graph, the sidecar, and parity with the PyTorch model
-(max abs difference < 1e-4 in float32) on random and real (FSDD) inputs."""
+(max abs difference < 1e-4 in float32) on random and real (FSDD) inputs, for every network of conf/model and
+every front end of conf/features."""
 
-import copy
 import json
+import shutil
+import warnings
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import soundfile as sf
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 from audio_cls.errors import ConfigError
 from audio_cls.export import BlockMaxPool, attempts, export_checked, sidecar
-from audio_cls.inference import Classifier
-from audio_cls.model import LSTMClassifier
+from audio_cls.inference import Classifier, extract
 from audio_cls.module import AudioClassifier
-from conftest import FSDD, run_entry
+from conftest import FSDD, REPO, run_entry
 
 TOLERANCE = 1e-4
 # Real recordings of two speakers, none in the training slice (jackson and nicolas, recordings 0-9).
@@ -121,19 +126,6 @@ def test_onnx_network_alone_takes_features(classifier, tmp_path):
     assert max_diff(got, pytorch_outputs(classifier, waves, lengths)) < TOLERANCE
 
 
-def test_packed_lstm_falls_back_to_the_network_alone_for_onnx(classifier, tmp_path):
-    """torch.export cannot capture packed sequences; the TorchScript-based ONNX exporter can, but not the STFT."""
-    module = classifier.module
-    config = copy.deepcopy(module.hparams["config"])
-    config["model"] = {"_target_": "audio_cls.model.LSTMClassifier", "hidden_size": 16, "num_layers": 2}
-    lstm = LSTMClassifier(module.features.num_features, len(module.class_names), hidden_size=16, num_layers=2)
-    other = AudioClassifier(lstm, module.features, module.class_names, config=config)
-    exported, diffs, failures = export_checked(Classifier(other), "onnx", tmp_path, check_input=str(FILES[0]))
-    assert (exported.exporter, exported.frontend_inside) == ("torch.onnx.export(dynamo=False)", False)
-    assert len(failures) == 2 and all("dynamo" in f for f in failures)
-    assert max(max(d.values()) for d in diffs.values()) < TOLERANCE
-
-
 def test_export_settings_and_a_failed_parity_check(classifier, tmp_path):
     with pytest.raises(ConfigError, match="format='tflite': expected one of onnx, torchscript"):
         attempts("tflite", "auto")
@@ -144,3 +136,141 @@ def test_export_settings_and_a_failed_parity_check(classifier, tmp_path):
     with pytest.raises(ConfigError, match=r"no export passed: .*max abs difference .* > tolerance -1"):
         export_checked(classifier, "torchscript", tmp_path, tolerance=-1)
     assert not (tmp_path / "model.pt").exists()
+
+
+# --- every network x every front end, small and randomly initialized ----------------------------------------
+MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml"))
+FRONT_ENDS = sorted(p.stem for p in (REPO / "conf" / "features").glob("*.yaml"))
+# Shipped settings but for the widths, so that exporting takes seconds.
+TINY = {"cnn1d": ["model.channels=[8,8,8]"], "cnn2d": ["model.channels=[4,8,8]"],
+        "crnn": ["model.channels=[8,8]", "model.hidden_size=8"], "lstm": ["model.hidden_size=8"]}
+# torch.export cannot capture packed sequences (the LSTM, CRNN's GRU), and the TorchScript-based ONNX exporter
+# cannot export the STFT: their ONNX file is the network alone, the front end stays in audio_cls.features
+# (audio_cls/export.py). TorchScript traces every network with its front end.
+PACKED = {"crnn", "lstm"}
+# Every network and every front end, in both formats, at a few seconds per export: every front end with the
+# default network, CNN2d on the spectrogram's 129 bins (not a multiple of its pooling), the packed networks with
+# the default front end. The default pair (CNN1d on log-mel) is exported, trained, by the tests above. CNN2d
+# cannot take raw samples (test_cnn2d_cannot_take_raw_samples).
+COVERED_ABOVE = ("cnn1d", "logmel")
+COMBINATIONS = sorted(({("cnn1d", f) for f in FRONT_ENDS} | {("cnn2d", "spectrogram")}
+                       | {(m, "logmel") for m in PACKED}) - {COVERED_ABOVE})
+# Real recordings from 0.14 s (the shortest in FSDD) to 1.3 s.
+SPREAD = 0.1  # how much the small networks' logits differ between recordings: 1000 x TOLERANCE
+RECORDINGS = [FSDD / "recordings" / name for name in
+              ("6_yweweler_3.wav", "9_yweweler_4.wav", "2_jackson_21.wav", "3_lucas_7.wav")]
+
+
+def test_the_matrix_covers_every_network_and_front_end():
+    assert set(TINY) == set(MODELS) and PACKED <= set(MODELS)
+    pairs = [*COMBINATIONS, COVERED_ABOVE]
+    assert {m for m, _ in pairs} == set(MODELS) and {f for _, f in pairs} == set(FRONT_ENDS)
+
+
+def compose_model(model, front_end, tmp_path):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", f"features={front_end}", *TINY[model]])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)  # no Hydra run here
+    return cfg
+
+
+def small_classifier(model, front_end, tmp_path) -> Classifier:
+    """A randomly initialized network with its shipped front end and normalization; batch norm has random
+    running statistics and affine parameters, and global normalization statistics measured on real
+    recordings, so that neither is the identity in the graph."""
+    cfg = compose_model(model, front_end, tmp_path)
+    torch.manual_seed(0)
+    features = instantiate(cfg.features)
+    net = instantiate(cfg.model, in_features=features.num_features, num_classes=10)
+    for layer in net.modules():
+        if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):  # MaskedBatchNorm too
+            nn.init.uniform_(layer.running_mean, -0.5, 0.5)
+            nn.init.uniform_(layer.running_var, 0.5, 2.0)
+            nn.init.uniform_(layer.weight, 0.5, 1.5)
+            nn.init.uniform_(layer.bias, -0.2, 0.2)
+    if features.normalize == "global":
+        waves = [torch.from_numpy(sf.read(str(p), dtype="float32")[0]) for p in FILES]
+        with torch.no_grad():
+            features.norm.fit((features.compute(w[None]), torch.tensor([features.num_frames(w.numel())])) for w in waves)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    classifier = Classifier(AudioClassifier(net, features, [str(d) for d in range(10)], config=config))
+    # A random network barely tells recordings apart (logits within 0.015-0.16 of each other, 5e-4 on raw
+    # samples), which would let a wrong graph pass a 1e-4 tolerance: scale the last layer so that they differ by
+    # SPREAD. (Not more: float32 rounding, relative 1e-7 of the logits, grows with the scale too.)
+    logits = alone(classifier)
+    head = [layer for layer in net.modules() if isinstance(layer, nn.Linear)][-1]
+    with torch.no_grad():
+        head.weight *= SPREAD / (logits - logits.mean(0)).abs().max()
+    return classifier
+
+
+def alone(classifier, recordings=RECORDINGS):
+    """The PyTorch model's logits for each recording on its own (no padding)."""
+    waves = [classifier.load(path)[0] for path in recordings]
+    with torch.no_grad():
+        return torch.cat([classifier.graph(w[None], torch.tensor([w.numel()]))[0] for w in waves])
+
+
+def run_file(path, inputs, lengths):
+    """The exported file, run as a user would: onnxruntime, or torch.jit.load."""
+    if path.suffix == ".onnx":
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        return session.run(["logits", "probabilities"], {names[0]: inputs.numpy(), names[1]: lengths.numpy()})
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in torch 2.11
+        return [t.numpy() for t in torch.jit.load(str(path))(inputs, lengths)]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("model,front_end", COMBINATIONS)
+def test_every_network_and_front_end_exports_with_parity(model, front_end, fmt, tmp_path):
+    classifier = small_classifier(model, front_end, tmp_path)
+    check = tmp_path / "check"
+    check.mkdir()
+    for path in RECORDINGS:
+        shutil.copy(path, check / path.name)
+    exported, diffs, failures = export_checked(classifier, fmt, tmp_path, check_input=str(check))
+    inside = fmt == "torchscript" or model not in PACKED
+    if fmt == "torchscript":
+        assert (exported.exporter, failures) == ("torch.jit.trace", [])
+    elif model in PACKED:  # the documented fallback, not a silent skip
+        assert exported.exporter == "torch.onnx.export(dynamo=False)"
+        assert len(failures) == 2 and all("with dynamo" in f for f in failures), failures
+    else:
+        assert (exported.exporter, failures) == ("torch.onnx.export(dynamo=True)", [])
+    assert exported.frontend_inside is inside and set(diffs) == {"random", "real"}
+    info = sidecar(classifier, exported, diffs, TOLERANCE, failures, "x.ckpt")
+    assert list(info["inputs"]) == (["waveform", "lengths"] if inside else ["features", "frames"])
+    name = type(classifier.features).__name__
+    if inside:
+        assert info["inside_graph"][0].startswith(f"{name} front end")
+    else:
+        assert f"the {name} front end" in info["outside_graph"]
+
+    # Checked here, not by the exporter's own check: the recordings (of four lengths) padded into one batch,
+    # run through the exported file, against the PyTorch model on each recording alone.
+    waves = [classifier.load(path)[0] for path in RECORDINGS]
+    lengths = torch.tensor([w.numel() for w in waves])
+    assert len(set(lengths.tolist())) == len(waves)
+    if inside:
+        assert lengths.min() >= exported.min_length
+    padded = nn.utils.rnn.pad_sequence(waves, batch_first=True)
+    with torch.no_grad():
+        inputs = (padded, lengths) if inside else extract(classifier.features, padded, lengths)
+    if not inside:
+        assert inputs[1].min() >= exported.min_length
+    expected = alone(classifier)
+    logits, probabilities = run_file(exported.path, *inputs)
+    np.testing.assert_allclose(logits, expected.numpy(), rtol=0, atol=TOLERANCE)
+    np.testing.assert_allclose(probabilities, expected.softmax(-1).numpy(), rtol=0, atol=TOLERANCE)
+    assert np.abs(logits - logits.mean(0)).max() > 0.9 * SPREAD  # the recordings do not all look alike
+
+
+def test_cnn2d_cannot_take_raw_samples(tmp_path):
+    """conf/features/raw.yaml gives one feature per frame: CNN2d's pooling would shrink that axis to nothing,
+    and building it says so (no export to test)."""
+    cfg = compose_model("cnn2d", "raw", tmp_path)
+    with pytest.raises(InstantiationException, match="the feature axis of 1 bins shrinks to 0"):
+        instantiate(cfg.model, in_features=instantiate(cfg.features).num_features, num_classes=10)

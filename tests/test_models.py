@@ -91,6 +91,9 @@ def test_activation_is_a_config_choice(activation):
     assert type(net.blocks[0][2]).__name__.lower().startswith(activation.replace("_", "")[:3])
     lstm = LSTMClassifier(4, 3, head_hidden=8, activation=activation)
     assert type(lstm.head[1]).__name__.lower().startswith(activation[:3])
+    # Without a hidden head layer the LSTM has no place for an activation: setting one is an error, not ignored.
+    with pytest.raises(ConfigError, match=rf"model.activation='{activation}': .*model.head_hidden=0"):
+        LSTMClassifier(4, 3, activation=activation)
 
 
 def test_unknown_activation_names_the_key():

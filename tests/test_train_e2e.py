@@ -1,13 +1,18 @@
 """End to end through the real entry points on a small slice of FSDD."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torchmetrics.functional.classification import multiclass_confusion_matrix, multiclass_f1_score
 
 from audio_cls.module import AudioClassifier
 from conftest import REPO, run_entry
@@ -22,13 +27,51 @@ def scalar_tags(tb_dir):
     return tags
 
 
+# Not the defaults: a rebuild that ignored the saved config (hop, mel bands, fitted global statistics) would
+# give other outputs or fail to load.
+RUN_FEATURES = ("features.n_mels=40", "features.hop_length=100", "features.normalize=global")
+BATCHES, BATCH_SIZE = 2, 16  # debug=limit's limit_val_batches / limit_test_batches, data.batch_size below
+
+
 @pytest.fixture(scope="module")
 def trained_run(fsdd_slice, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     proc = run_entry("audio_cls.train", "debug=limit", f"data.root={fsdd_slice}", f"hydra.run.dir={run_dir}",
-                     "data.batch_size=16", "trainer.limit_train_batches=4")
+                     f"data.batch_size={BATCH_SIZE}", "trainer.limit_train_batches=4", *RUN_FEATURES)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc
+
+
+def run_datamodule(run_dir, features, stage):
+    """The run's datamodule, rebuilt from the config it saved (.hydra/config.yaml), with `features`."""
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    datamodule = instantiate(cfg.data, features=features)
+    datamodule.setup(stage)
+    return datamodule
+
+
+def evaluate(module, loader, batches=BATCHES):
+    """Logits and targets of a checkpoint's module on the first `batches` batches of a loader, in eval mode,
+    as Lightning's validation/test loop feeds them (the loader's own order)."""
+    module.eval()
+    logits, targets = [], []
+    with torch.no_grad():
+        for _, batch in zip(range(batches), loader):
+            batch = module.on_after_batch_transfer(batch, 0)
+            logits.append(module(batch["inputs"], batch["lengths"]))
+            targets.append(batch["targets"])
+    return torch.cat(logits), torch.cat(targets)
+
+
+def logged(run_dir, tag):
+    """Every value of a scalar in the run's TensorBoard events, in step order."""
+    events = []
+    for path in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(path))
+        acc.Reload()
+        if tag in acc.Tags()["scalars"]:
+            events += acc.Scalars(tag)
+    return [e.value for e in sorted(events, key=lambda e: (e.step, e.wall_time))]
 
 
 def test_train_writes_every_file_of_a_run(trained_run):
@@ -38,36 +81,74 @@ def test_train_writes_every_file_of_a_run(trained_run):
     ckpts = {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")}
     assert "last.ckpt" in ckpts and any(n.startswith("epoch_") for n in ckpts)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "finished"
-    for key in ("train/loss", "train/acc", "val/acc", "val/acc_best", "val/f1", "test/acc", "test/f1"):
-        assert 0.0 <= metrics[key] < 100, key
+    assert metrics["status"] == "finished" and metrics["epochs"] == 2  # debug=limit: max_epochs=2
+    # The final training metrics are the last epoch's, as logged.
+    for key in ("train/loss", "train/acc"):
+        values = logged(run_dir, key)
+        assert len(values) == 2, key  # one per epoch
+        assert metrics[key] == pytest.approx(values[-1], rel=1e-6), key
+    # The best validation accuracy is the best epoch's, and the best checkpoint is the epoch that had it.
+    val_acc = logged(run_dir, "val/acc")
+    assert len(val_acc) == 2 and metrics["val/acc"] == pytest.approx(val_acc[-1], rel=1e-6)
+    assert metrics["val/acc_best"] == pytest.approx(max(val_acc), rel=1e-6)
+    best_epoch = int(Path(metrics["best_checkpoint"]).stem.split("_")[1])
+    assert val_acc[best_epoch] == max(val_acc)
     assert metrics["class_names"] == [str(d) for d in range(10)]
-    assert sum(map(sum, metrics["test/confusion_matrix"])) == 2 * 16  # limit_test_batches=2 of data.batch_size=16
+    matrix = metrics["test/confusion_matrix"]
+    assert sum(map(sum, matrix)) == BATCHES * BATCH_SIZE  # limit_test_batches=2 of data.batch_size=16
+    assert metrics["test/acc"] == pytest.approx(sum(matrix[i][i] for i in range(10)) / (BATCHES * BATCH_SIZE),
+                                                abs=1e-6)
     per_class = metrics["test/per_class"]
     assert list(per_class) == metrics["class_names"]
-    for label, row in zip(per_class, metrics["test/confusion_matrix"]):
+    for i, (label, row) in enumerate(zip(per_class, matrix)):
         assert per_class[label]["support"] == sum(row)
         assert set(per_class[label]) == {"precision", "recall", "f1", "support"}
+        if sum(row):
+            assert per_class[label]["recall"] == pytest.approx(row[i] / sum(row), abs=1e-6), label
     assert "Test results per class" in (run_dir / "train.log").read_text()
     splits = (run_dir / "splits.csv").read_text().splitlines()
     assert splits[0] == "split,path,label,group,start,end" and len(splits) == 1 + 200  # every file of the slice
     tags = scalar_tags(run_dir / "tensorboard")
     assert {"train/loss", "val/acc", "test/acc", "val/acc_best", "lr-Adam", "hp/test_acc"} <= tags
-    assert "test/acc" in proc.stdout  # the test metrics are printed
+    printed = re.search(r"test/acc\W+([0-9.]+)", proc.stdout)  # the test metrics are printed (Lightning's table)
+    assert printed and float(printed[1]) == pytest.approx(metrics["test/acc"], abs=1e-6), proc.stdout[-2000:]
 
 
-def test_checkpoint_alone_rebuilds_the_model(trained_run, fsdd_slice):
+def test_test_metrics_are_those_of_the_best_checkpoint(trained_run):
+    """metrics.json's test results = the best checkpoint, rebuilt from the file alone, on the same test batches."""
     run_dir, _ = trained_run
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
-    model = AudioClassifier.from_checkpoint(str(ckpt)).eval()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    module = AudioClassifier.from_checkpoint(metrics["best_checkpoint"])
+    datamodule = run_datamodule(run_dir, module.features, "test")
+    logits, targets = evaluate(module, datamodule.test_dataloader())
+    assert len(targets) == BATCHES * BATCH_SIZE
+    predictions = logits.argmax(-1)
+    assert metrics["test/acc"] == pytest.approx((predictions == targets).double().mean().item(), abs=1e-6)
+    assert metrics["test/loss"] == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-5)
+    assert metrics["test/f1"] == pytest.approx(
+        multiclass_f1_score(logits, targets, 10, average="macro").item(), abs=1e-6)
+    assert metrics["test/confusion_matrix"] == multiclass_confusion_matrix(predictions, targets, 10).tolist()
+
+
+def test_checkpoint_alone_rebuilds_the_model(trained_run):
+    """The model rebuilt from last.ckpt alone gives what the trained module gave: the run's last validation
+    (logged in training, with the weights last.ckpt holds) is reproduced to float precision on the same
+    batches, and the front end is the run's (its settings and its global statistics, measured afresh)."""
+    run_dir, _ = trained_run
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    model = AudioClassifier.from_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))
     assert model.class_names == [str(d) for d in range(10)]
-    state = torch.load(ckpt, weights_only=True)["state_dict"]
-    for key, value in model.state_dict().items():
-        torch.testing.assert_close(value, state[key])
-    wave = torch.randn(4000)
-    x = model.features(wave)[None]
-    probs = model(x, torch.tensor([x.shape[1]])).softmax(-1)
-    torch.testing.assert_close(probs.sum(), torch.tensor(1.0))
+    datamodule = run_datamodule(run_dir, model.features, "fit")
+    logits, targets = evaluate(model, datamodule.val_dataloader())
+    assert metrics["val/acc"] == pytest.approx((logits.argmax(-1) == targets).double().mean().item(), abs=1e-6)
+    assert metrics["val/loss"] == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-5)
+
+    features = model.features
+    assert (features.num_features, features.hop_length, features.normalize) == (40, 100, "global")
+    fresh = run_datamodule(run_dir, instantiate(OmegaConf.load(run_dir / ".hydra" / "config.yaml").features), "fit")
+    assert bool(fresh.features.norm.fitted)
+    torch.testing.assert_close(features.norm.mean, fresh.features.norm.mean)
+    torch.testing.assert_close(features.norm.std, fresh.features.norm.std)
 
 
 def test_eval_entry_point_tests_a_checkpoint(trained_run, fsdd_slice, tmp_path):

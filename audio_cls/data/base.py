@@ -15,7 +15,9 @@ import csv
 import hashlib
 import json
 import logging
+import math
 import os
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +62,11 @@ class AudioDataset(Dataset):
         "cached"        (frames, feat) from `cached` (raw features), normalized here (placement=cache)
 
     With `num_samples` set, recordings are cropped or zero-padded to that length (a random crop when
-    `random_crop`, else the centre): on the waveform, or on the frames of cached features.
+    `random_crop`, else the centre) before extraction. The cache follows suit so that every placement gives
+    the same features: it stores val/test features of the centre-cropped, padded waveform, and training
+    features of the waveform padded to at least `num_samples`, cut to a random span of frames when read
+    (for recordings longer than `num_samples`, a crop of frames rather than of samples: the same
+    distribution of crops, with the edge frames reading their real neighbours instead of silence).
     With `augment` (the training split), `waveform_augment` (gain, shift, noise) changes each waveform
     before extraction ("features", "waveform"), and the extractor's feature-domain augmentation follows
     extraction ("features", "cached"; for "waveform" the LightningModule applies it after extracting).
@@ -85,7 +91,18 @@ class AudioDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+        """`key` is an index, or (index, seed) from EpochSampler: then every random draw for this item (crop,
+        waveform and feature augmentation) comes from `seed`, whichever worker process loads it and
+        whatever that worker loaded before, so a resumed run replays exactly the uninterrupted one."""
+        if isinstance(key, tuple):
+            index, seed = key
+            with torch.random.fork_rng(devices=[]):  # leaves the process's own stream untouched
+                torch.manual_seed(seed)
+                return self._load(index)
+        return self._load(key)
+
+    def _load(self, index: int) -> dict | None:
         item = self.items[index]
         target = self.class_to_index.get(item.label, -1)
         if self.returns == "cached":
@@ -100,8 +117,13 @@ class AudioDataset(Dataset):
                 raise
             log.warning("Skipping %s", err)  # found only on reading, e.g. NaN samples; pad_collate drops it
             return None
-        if self.num_samples is not None and self.returns != "raw_features":
-            waveform = crop_or_pad(waveform, self.num_samples, self.random_crop)
+        if self.num_samples is not None:
+            if self.returns != "raw_features":
+                waveform = crop_or_pad(waveform, self.num_samples, self.random_crop)
+            elif self.random_crop:  # cached for random crops of frames later: pad short ones now, as above
+                waveform = crop_or_pad(waveform, max(self.num_samples, waveform.shape[0]), False)
+            else:  # val/test: the same centre crop as every other placement, so the same features
+                waveform = crop_or_pad(waveform, self.num_samples, False)
         if self.waveform_augment is not None and self.returns != "raw_features":
             waveform = self.waveform_augment(waveform)
         if self.returns == "waveform":
@@ -140,33 +162,112 @@ def pad_collate(items: list[dict | None]) -> dict:
     }
 
 
-class EpochShuffler(Sampler):
-    """A random order that depends only on (seed, epoch).
+def _rank_and_world() -> tuple[int, int]:
+    """This process's place among the training processes (read when an epoch starts, after DDP set up)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class EpochSampler(Sampler):
+    """The training order, a function of (seed, epoch) alone, yielding (index, seed) pairs for AudioDataset.
 
     Lightning calls `set_epoch` before every epoch, so a resumed run draws the same order as an
-    uninterrupted one, and shuffling takes nothing from the global RNG, which keeps dropout masks
-    aligned after a resume too. The seed defaults to torch's initial seed (set by `seed`).
-    With `weights` (one per item), each epoch draws `size` items with replacement in proportion to
-    them instead: with inverse class frequencies, every class is drawn about equally often.
+    uninterrupted one, and shuffling takes nothing from the global RNG, which keeps dropout masks aligned
+    after a resume too. Each item's seed is drawn from (seed, epoch, position), so its crop and
+    augmentation do not depend on which DataLoader worker loads it or on what that worker did before
+    (persistent workers of a resumed run start afresh). `seed` defaults to torch's initial seed (set by
+    `seed`). With `weights` (one per item), each epoch draws `size` items with replacement in proportion to
+    them instead: with inverse class frequencies, every class is drawn about equally often. Under DDP each
+    process takes every world_size-th position (the order is padded with its start to divide evenly).
     """
 
-    def __init__(self, size: int, seed: int | None = None, weights: list[float] | None = None):
+    def __init__(self, size: int, seed: int | None = None, weights: list[float] | None = None,
+                 shuffle: bool = True, epoch: int = 0):
         self.size = size
         self.seed = torch.initial_seed() if seed is None else seed
         self.weights = None if weights is None else torch.tensor(weights, dtype=torch.double)
-        self.epoch = 0
+        self.shuffle = shuffle
+        self.epoch = epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __iter__(self):
-        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch)) % 2**63)
+    def generator(self) -> torch.Generator:
+        return torch.Generator().manual_seed(hash((self.seed, self.epoch)) % 2**63)
+
+    def order(self) -> list[int]:
+        """This epoch's indices, for all processes."""
         if self.weights is not None:
-            return iter(torch.multinomial(self.weights, self.size, replacement=True, generator=generator).tolist())
-        return iter(torch.randperm(self.size, generator=generator).tolist())
+            return torch.multinomial(self.weights, self.size, replacement=True, generator=self.generator()).tolist()
+        if not self.shuffle:
+            return list(range(self.size))
+        return torch.randperm(self.size, generator=self.generator()).tolist()
+
+    def item_seed(self, position: int) -> int:
+        return hash((self.seed, self.epoch, position)) % 2**63
+
+    def __iter__(self):
+        order = self.order()
+        rank, world = _rank_and_world()
+        positions = list(range(len(order)))
+        positions += positions[: (-len(positions)) % world]
+        return iter([(order[p], self.item_seed(p)) for p in positions[rank::world]])
 
     def __len__(self) -> int:
-        return self.size
+        return -(-self.size // _rank_and_world()[1])
+
+
+class LengthBucketSampler(Sampler):
+    """Batches of recordings of similar length, so that little of a padded batch is padding.
+
+    Every epoch (from (seed, epoch), like EpochSampler, whose order and item seeds it uses): the shuffled
+    order is cut into pools of `pool_batches` batches' worth of items, each pool is sorted by length and cut
+    into batches, and the batches of the epoch are shuffled. Randomness stays (which items share a pool,
+    the batch order), while padding falls to a few percent (SpeechBrain's dynamic batching and NeMo's
+    bucketing work alike). A batch holds `batch_size` items, or, with `max_batch_seconds`, as many as fit
+    in that many seconds of padded audio (longest item x count). Under DDP every process gets the same
+    number of batches: each takes every world_size-th batch (the list is padded with its start).
+    """
+
+    def __init__(self, sampler: EpochSampler, seconds: list[float], batch_size: int,
+                 max_batch_seconds: float | None = None, pool_batches: int = 50):
+        self.sampler = sampler  # the name Lightning looks for to call set_epoch
+        self.seconds = seconds
+        self.batch_size = batch_size
+        self.max_batch_seconds = max_batch_seconds
+        self.pool_batches = pool_batches
+
+    def all_batches(self) -> list[list[tuple[int, int]]]:
+        """This epoch's batches, for all processes."""
+        keyed = [(index, self.sampler.item_seed(p)) for p, index in enumerate(self.sampler.order())]
+        pool_size = self.batch_size * self.pool_batches
+        batches = []
+        for start in range(0, len(keyed), pool_size):
+            pool = sorted(keyed[start : start + pool_size], key=lambda key: self.seconds[key[0]])
+            batches += self._cut(pool)
+        permutation = torch.randperm(len(batches), generator=self.sampler.generator()).tolist()
+        return [batches[i] for i in permutation]
+
+    def _cut(self, pool: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+        if self.max_batch_seconds is None:
+            return [pool[i : i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+        batches, batch = [], []
+        for key in pool:  # ascending length: the newest item is the longest of its batch
+            if batch and self.seconds[key[0]] * (len(batch) + 1) > self.max_batch_seconds:
+                batches.append(batch)
+                batch = []
+            batch.append(key)
+        return batches + [batch] if batch else batches
+
+    def __iter__(self):
+        batches = self.all_batches()
+        rank, world = _rank_and_world()
+        batches += batches[: (-len(batches)) % world]
+        return iter(batches[rank::world])
+
+    def __len__(self) -> int:
+        return -(-len(self.all_batches()) // _rank_and_world()[1])
 
 
 class AudioDataModule(L.LightningDataModule):
@@ -185,6 +286,11 @@ class AudioDataModule(L.LightningDataModule):
             training seed so that `seed=1,2,3` repeats the same experiment on the same split.
         cv_fold, cv_folds, cv_scheme: set by `audio_cls.cv`: fold `cv_fold` of `cv_folds` is the test set.
         balanced_sampling: draw training batches with probabilities inverse to class frequency.
+        length_buckets: batch recordings of similar length together (LengthBucketSampler: training batches
+            from randomized pools, validation/test in length order), so that batches are little padding;
+            off, batches take recordings in shuffled (training) or file order. No effect with `duration`.
+        max_batch_seconds: with length_buckets, fill each training batch up to this many seconds of padded
+            audio (longest x count) instead of `batch_size` recordings: short clips in large batches.
         waveform_augment: training-only waveform augmentation (gain, shift, noise), or None.
         check_duplicates: warn about recordings with identical content in two splits (reads every file
             whose size matches one in another split).
@@ -201,12 +307,15 @@ class AudioDataModule(L.LightningDataModule):
                  val_fraction: float = 0.1, test_fraction: float = 0.1, split_by: str = "auto",
                  split_seed: int = 0, cv_fold: int | None = None, cv_folds: int = 5, cv_scheme: str = "auto",
                  balanced_sampling: bool = False, waveform_augment: WaveformAugment | None = None,
-                 check_duplicates: bool = True, on_bad_file: str = "error", cache_dir: str = "cache"):
+                 check_duplicates: bool = True, on_bad_file: str = "error", cache_dir: str = "cache",
+                 length_buckets: bool = True, max_batch_seconds: float | None = None):
         super().__init__()
         if on_bad_file not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size}: must be a positive integer")
+        if max_batch_seconds is not None and not max_batch_seconds > 0:
+            raise ConfigError(f"data.max_batch_seconds={max_batch_seconds}: must be positive (null: batch_size items)")
         for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 <= value < 1:
                 raise ConfigError(f"data.{key}={value}: must be in [0, 1)")
@@ -231,6 +340,9 @@ class AudioDataModule(L.LightningDataModule):
         self.cv_folds = cv_folds
         self.cv_scheme = cv_scheme
         self.balanced_sampling = balanced_sampling
+        self.length_buckets = length_buckets
+        self.max_batch_seconds = max_batch_seconds
+        self.seconds: dict[Item, float] = {}  # each usable item's duration, read from its header at start-up
         self.waveform_augment = waveform_augment if waveform_augment is not None and waveform_augment.active else None
         self.check_duplicates = check_duplicates
         self.on_bad_file = on_bad_file
@@ -304,7 +416,8 @@ class AudioDataModule(L.LightningDataModule):
         items = self.splits[split]
         files = [(it.path, *_size_and_mtime(it.path), it.start, it.end) for it in items]
         key = hashlib.sha256(json.dumps({"features": self.features.fingerprint(self.sample_rate),
-                                         "sample_rate": self.sample_rate, "files": files}).encode()).hexdigest()
+                                         "sample_rate": self.sample_rate, "num_samples": self.num_samples,
+                                         "random_crop": split == "train", "files": files}).encode()).hexdigest()
         path = self.cache_dir / f"{type(self).__name__}-{split}-{key[:24]}.pt"
         if path.is_file():
             log.info("Features of the %s split (%d files) from %s", split, len(items), path)
@@ -317,9 +430,14 @@ class AudioDataModule(L.LightningDataModule):
             self.splits[split] = [it for it, x in zip(items, computed) if x is not None]
             computed = [x for x in computed if x is not None]
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(computed, tmp)
-        os.replace(tmp, path)
+        # A temporary name of this process's own: ranks started together (torchrun, srun) all compute the
+        # same file, and each replaces it atomically with identical content.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            torch.save(computed, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return computed
 
     def _check_splits(self) -> None:
@@ -342,12 +460,13 @@ class AudioDataModule(L.LightningDataModule):
                     self.skipped.append((item.path, str(err)))
                     continue
                 usable.append(item)
+                self.seconds[item] = seconds
                 samples = round(seconds * self.sample_rate)
                 if shortest is None or samples < shortest[0]:
                     shortest = (samples, item.path)
             self.splits[split] = usable
-        if self.skipped:
-            log.warning("Skipped %d files that cannot be read (data.on_bad_file=skip), e.g. %s",
+        if self.skipped:  # here (data.on_bad_file=skip) or by scan() (a manifest's missing files, broken links)
+            log.warning("Skipped %d files that cannot be used (listed in skipped_files.csv), e.g. %s",
                         len(self.skipped), self.skipped[0][1])
         if not self.splits["train"]:
             raise DataError(f"{type(self).__name__}: the training split is empty")
@@ -417,20 +536,34 @@ class AudioDataModule(L.LightningDataModule):
                             returns=returns, cached=self.cached.get(split), augment=augment and split == "train",
                             waveform_augment=self.waveform_augment)
 
-    def _loader(self, split: str, shuffle: bool, persistent: bool = False, augment: bool = True) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool, persistent: bool = False, augment: bool = True,
+                by_length: bool = True) -> DataLoader:
         dataset = self.dataset(split, augment=augment)
-        sampler = None
-        if shuffle:
+        sampler = batch_sampler = None
+        if split == "train" and augment:  # training order and per-item seeds (see EpochSampler)
             weights = None
-            if self.balanced_sampling:
+            if self.balanced_sampling and shuffle:
                 counts = Counter(it.label for it in dataset.items)
                 weights = [1.0 / counts[it.label] for it in dataset.items]
-            sampler = EpochShuffler(len(dataset), weights=weights)
-        # Worker seeds come from a generator of the loader's own, not from the global RNG (see EpochShuffler).
+            # Start at the trainer's epoch: Lightning creates the first iterator (and workers prefetch from it)
+            # before it calls set_epoch, so a resumed run would otherwise replay epoch 0's order and seeds.
+            epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
+            sampler = EpochSampler(len(dataset), weights=weights, shuffle=shuffle, epoch=epoch)
+        seconds = [min(self.seconds.get(it, 0.0), (self.num_samples or math.inf) / self.sample_rate)
+                   for it in dataset.items]
+        if self.length_buckets and self.num_samples is None and sampler is not None:
+            batch_sampler, sampler = LengthBucketSampler(sampler, seconds, self.batch_size,
+                                                         self.max_batch_seconds), None
+        elif self.length_buckets and self.num_samples is None and split in ("val", "test") and by_length:
+            # Evaluation in length order: the same numbers (an item's logits do not depend on its batch),
+            # with little padding. Prediction keeps file order.
+            by_length = sorted(range(len(dataset)), key=seconds.__getitem__)
+            batch_sampler = [by_length[i : i + self.batch_size] for i in range(0, len(by_length), self.batch_size)]
+        # Worker seeds come from a generator of the loader's own, not from the global RNG (see EpochSampler).
         return DataLoader(
-            dataset, batch_size=self.batch_size, sampler=sampler,
-            collate_fn=pad_collate, num_workers=self.num_workers, pin_memory=self.pin_memory,
-            persistent_workers=persistent and self.num_workers > 0,
+            dataset, batch_size=1 if batch_sampler is not None else self.batch_size, sampler=sampler,
+            batch_sampler=batch_sampler, collate_fn=pad_collate, num_workers=self.num_workers,
+            pin_memory=self.pin_memory, persistent_workers=persistent and self.num_workers > 0,
             generator=torch.Generator().manual_seed(torch.initial_seed()))
 
     def train_dataloader(self) -> DataLoader:
@@ -443,7 +576,7 @@ class AudioDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test", shuffle=False, by_length=False)  # predictions in file order
 
 
 def _segment_seconds(item: Item, info) -> float:

@@ -1,9 +1,10 @@
-"""A folder per class: `root/<class>/<any/depth>/*.wav|flac|ogg`, the layout most recordings come in.
+"""A folder per class: `root/<class>/<any/depth>/*.wav|flac|ogg|mp3`, the layout most recordings come in.
 
 Class names are the folder names (any Unicode, normalized to NFC so names copied from macOS match).
-Files of other types are ignored and counted in the log. With `group_pattern`, a regular expression
-with a `group` field matched against each file name (e.g. `^(?P<group>[^_]+)_` for `alice_003.wav`),
-splits keep each speaker in one split; without it, splits are carved per file.
+Files of other types are ignored and counted in the log; entries named like audio that are not files
+(broken links, folders) are listed in `skipped` (skipped_files.csv) with a warning. With `group_pattern`,
+a regular expression with a `group` field matched against each file name (e.g. `^(?P<group>[^_]+)_` for
+`alice_003.wav`), splits keep each speaker in one split; without it, splits are carved per file.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ class Folder(AudioDataModule):
         if loose:
             log.warning("Ignored %d files directly under data.root=%s: a recording belongs in a class folder "
                         "(e.g. %s)", len(loose), self.root, loose[0].name)
-        items, ignored, empty, unmatched = [], Counter(), [], 0
+        items, ignored, empty, unmatched, unusable = [], Counter(), [], 0, []
         for class_dir in class_dirs:
             label = unicodedata.normalize("NFC", class_dir.name)
-            files = audio_files(class_dir, ignored)
+            files = audio_files(class_dir, ignored, unusable)
             for path in files:
                 group = None
                 if self.group_pattern is not None:
@@ -51,6 +52,9 @@ class Folder(AudioDataModule):
                 items.append(Item(str(path), label, group))
             if not files:
                 empty.append(label)
+        # Listed whatever data.on_bad_file says (setup() warns with the count); scan() runs again for
+        # cross-validation plans, so each entry is listed once.
+        self.skipped.extend(entry for entry in unusable if entry not in self.skipped)
         if ignored:
             log.warning("Ignored %d files that are not audio (%s): %s", sum(ignored.values()),
                         "/".join(AUDIO_EXTENSIONS), ", ".join(f"{n} {kind}" for kind, n in ignored.most_common(5)))

@@ -10,9 +10,12 @@ Classes: every word folder (35 in v0.02), or the 12-class setup of the benchmark
 sizes it: in every split, `_unknown_` (other words, chosen by hash) and `_silence_` each add
 `unknown_share` / `silence_share` (10%) of that split's count of target-word recordings.
 `_silence_` clips are one-second windows of the `_background_noise_` recordings, evenly spaced;
-each noise recording is divided in time, its first 80% for training, the next 10% for validation
-and the last 10% for test, so no second of noise is in two splits. (The reference mixes the noise
-in at a random volume and draws windows at random; here the clips are the recordings as they are.)
+each noise recording is divided in time (`noise_shares`), its first 80% for training, the next 10%
+for validation and the last 10% for test, so no second of noise is in two splits. (The reference
+mixes the noise in at a random volume and draws windows at random; here the clips are the recordings
+as they are.) Background-noise augmentation from the same recordings must keep to the training part
+(`augment.waveform.noise_range`, which experiment=speech_commands_cnn takes from
+`data.noise_shares.train`); another range is refused while there are `_silence_` clips.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from pathlib import Path
 
 import soundfile as sf
 
+from audio_cls.augment import BackgroundNoise
 from audio_cls.data.base import AudioDataModule, Item, require_dir
 from audio_cls.data.download import download_and_extract
 from audio_cls.data.splits import unit_hash
@@ -58,6 +62,8 @@ class SpeechCommands(AudioDataModule):
             (0.1 in the benchmark), chosen by hash; null keeps every one.
         silence_share: `_silence_` clips per split as a share of its target-word recordings (0: none).
         silence_seconds: length of a `_silence_` clip.
+        noise_shares: {split: [start, end]}, the part of each noise recording (as shares of its length)
+            that the split's `_silence_` clips are cut from; the parts must not overlap.
         download: fetch v0.02 (2.3 GB, checked against its SHA-256) into `root` when it is not there.
     """
 
@@ -65,7 +71,7 @@ class SpeechCommands(AudioDataModule):
 
     def __init__(self, root: str, words: list[str] | None = None, unknown: bool = True,
                  unknown_share: float | None = None, silence_share: float = 0.0, silence_seconds: float = 1.0,
-                 download: bool = True, **kwargs):
+                 noise_shares: dict[str, tuple[float, float]] | None = None, download: bool = True, **kwargs):
         super().__init__(root=root, **kwargs)
         if unknown_share is not None and not unknown_share > 0:
             raise ConfigError(f"data.unknown_share={unknown_share}: must be positive (or null: keep every one)")
@@ -78,7 +84,29 @@ class SpeechCommands(AudioDataModule):
         self.unknown_share = unknown_share
         self.silence_share = silence_share
         self.silence_seconds = silence_seconds
+        self.noise_shares = self.NOISE_SHARES if noise_shares is None else _check_noise_shares(noise_shares)
         self.download = download
+        if silence_share > 0:
+            self._check_noise_augmentation()
+
+    def _check_noise_augmentation(self) -> None:
+        """Refuse background-noise augmentation that draws from the validation/test `_silence_` parts of
+        the noise recordings: test audio would be heard in training."""
+        steps = self.waveform_augment.steps if self.waveform_augment is not None else []
+        folder = Path(self.root).expanduser() / NOISE
+        silence_files = {p.resolve() for p in folder.glob("*.wav")} if folder.is_dir() else set()
+        held_out = {split: self.noise_shares[split] for split in ("val", "test")}
+        for step in steps:
+            if not isinstance(step, BackgroundNoise) or not silence_files & {Path(f).resolve() for f in step.files}:
+                continue
+            start, end = step.noise_range
+            overlapping = [f"{split} {low:g}-{high:g}" for split, (low, high) in held_out.items()
+                           if start < high and low < end]
+            if overlapping:
+                raise ConfigError(f"augment.waveform.noise_range=[{start:g}, {end:g}]: background noise would come "
+                                  f"from the parts of {folder} cut into _silence_ clips ({', '.join(overlapping)} of "
+                                  f"each recording, data.noise_shares); keep it to the training part, e.g. "
+                                  f"augment.waveform.noise_range=${{data.noise_shares.train}}")
 
     def word_dirs(self) -> list[Path]:
         root = require_dir(self.root)
@@ -117,7 +145,7 @@ class SpeechCommands(AudioDataModule):
                 (unknown if other else items).append(item)
         if not items:
             raise DataError(f"data.root={self.root}: no .wav recordings in the word folders")
-        per_split = {split: sum(it.split == split for it in items) for split in self.NOISE_SHARES}
+        per_split = {split: sum(it.split == split for it in items) for split in self.noise_shares}
         for split, words in per_split.items():
             candidates = [it for it in unknown if it.split == split]
             if self.unknown_share is not None:  # the same files for a given seed, whatever else is there
@@ -142,7 +170,7 @@ class SpeechCommands(AudioDataModule):
         files = sorted(folder.glob("*.wav")) if folder.is_dir() else []
         if not files:
             raise DataError(f"data.silence_share={self.silence_share}: no noise recordings in {folder}")
-        low, high = self.NOISE_SHARES[split]
+        low, high = self.noise_shares[split]
         spans = []  # (path, first start, last start) in seconds
         for path in files:
             seconds = sf.info(str(path)).duration
@@ -167,3 +195,22 @@ class SpeechCommands(AudioDataModule):
                     break
                 offset -= last - first
         return items
+
+
+def _check_noise_shares(shares) -> dict[str, tuple[float, float]]:
+    """`data.noise_shares` as {split: (start, end)}: every split, each within [0, 1], none overlapping."""
+    if set(shares) != {"train", "val", "test"}:
+        raise ConfigError(f"data.noise_shares: expected the keys train, val and test, got {sorted(shares)}")
+    spans = {}
+    for split in ("train", "val", "test"):
+        span = shares[split]
+        if len(span) != 2 or not 0 <= span[0] < span[1] <= 1:
+            raise ConfigError(f"data.noise_shares.{split}={list(span)}: expected [start, end] with "
+                              f"0 <= start < end <= 1")
+        spans[split] = (float(span[0]), float(span[1]))
+    ordered = sorted(spans.items(), key=lambda kv: kv[1])
+    for (a, (_, a_end)), (b, (b_start, _)) in zip(ordered, ordered[1:]):
+        if b_start < a_end:
+            raise ConfigError(f"data.noise_shares: the {a} and {b} parts overlap; no second of noise may be in "
+                              f"two splits")
+    return spans

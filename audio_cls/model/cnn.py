@@ -2,9 +2,10 @@
 
 CNN1d is the note's network: a Conv1d over time whose in_channels is the feature dimension,
 input (batch, time, feat) permuted to (batch, feat, time). CNN2d treats (feat x time) as an image.
-Both track every item's length through each block with the conv length formula, so the final
-pooling reads only valid frames and a configuration that shrinks time below one frame fails
-with a message instead of a shape error deep inside PyTorch.
+Both track every item's length through each block with the conv length formula: padded frames are
+zeroed before every block and left out of batch-norm statistics, so an item gives the same logits
+alone or in any padded batch; the final pooling reads only valid frames; and a configuration that
+shrinks time below one frame fails with a message instead of a shape error deep inside PyTorch.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import torch
 from torch import nn
 
 from audio_cls.errors import ConfigError
-from audio_cls.model.layers import READOUTS, conv_output_length, make_activation, masked_pool, per_block
+from audio_cls.model.layers import (READOUTS, ConvBlock, MaskedBatchNorm1d, MaskedBatchNorm2d, make_activation,
+                                    masked_pool, per_block, time_mask)
 
 
 class _ConvClassifier(nn.Module):
@@ -51,23 +53,19 @@ class _ConvClassifier(nn.Module):
                 p = 0
             self.blocks_spec.append(dict(kernel_size=k, stride=s, padding=p, dilation=d, pool_size=ps))
 
-        conv, batchnorm, maxpool = {1: (nn.Conv1d, nn.BatchNorm1d, nn.MaxPool1d),
-                                    2: (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d)}[self.dims]
+        conv, batchnorm, maxpool = {1: (nn.Conv1d, MaskedBatchNorm1d, nn.MaxPool1d),
+                                    2: (nn.Conv2d, MaskedBatchNorm2d, nn.MaxPool2d)}[self.dims]
         if readout not in READOUTS:
             raise ConfigError(f"model.readout={readout!r}: expected one of {', '.join(READOUTS)}")
         if norm not in ("batch", "none"):
             raise ConfigError(f"model.norm={norm!r}: expected 'batch' or 'none'")
         blocks, in_ch = [], self.in_channels(in_features)
         for out_ch, spec in zip(channels, self.blocks_spec):
-            layers = [conv(in_ch, out_ch, spec["kernel_size"], stride=spec["stride"], padding=spec["padding"],
-                           dilation=spec["dilation"], bias=norm == "none")]
-            if norm == "batch":
-                layers.append(batchnorm(out_ch))
-            layers.append(make_activation(activation))
-            if spec["pool_size"] > 1:
-                layers.append(maxpool(spec["pool_size"]))
-            layers.append(nn.Dropout(dropout))
-            blocks.append(nn.Sequential(*layers))
+            blocks.append(ConvBlock(
+                conv(in_ch, out_ch, spec["kernel_size"], stride=spec["stride"], padding=spec["padding"],
+                     dilation=spec["dilation"], bias=norm == "none"),
+                batchnorm(out_ch) if norm == "batch" else None, make_activation(activation),
+                maxpool(spec["pool_size"]) if spec["pool_size"] > 1 else None, dropout))
             in_ch = out_ch
         self.blocks = nn.ModuleList(blocks)
         self.readout = readout
@@ -79,11 +77,8 @@ class _ConvClassifier(nn.Module):
     def block_lengths(self, length):
         """Time length after each block (an int or a tensor of lengths), by the conv length formula."""
         out = []
-        for spec in self.blocks_spec:
-            length = conv_output_length(length, spec["kernel_size"], spec["stride"], spec["padding"],
-                                        spec["dilation"])
-            if spec["pool_size"] > 1:
-                length = conv_output_length(length, spec["pool_size"], spec["pool_size"])
+        for block in self.blocks:
+            length = block.output_lengths(length)[1]
             out.append(length)
         return out
 
@@ -92,6 +87,11 @@ class _ConvClassifier(nn.Module):
         return self.block_lengths(lengths)[-1]
 
     def check_lengths(self, lengths: torch.Tensor) -> None:
+        """A ConfigError if the shortest input shrinks below one frame. Checked on CPU tensors only: on an
+        accelerator `lengths.min()` would make the host wait for the device every step; there the check
+        that train.py runs on the shortest recording before training covers it."""
+        if lengths.device.type != "cpu" or torch.compiler.is_compiling():
+            return
         shortest = int(lengths.min())
         for i, n in enumerate(self.block_lengths(shortest)):
             if n < 1:
@@ -100,19 +100,26 @@ class _ConvClassifier(nn.Module):
                     f"model: an input of {shortest} frames shrinks to {n} frames after block {i} ({spec}); "
                     f"use smaller model.kernel_size/stride/pool_size, fewer blocks (model.channels, model.num_blocks) or longer inputs")
 
+    def encode(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (batch, time, feat) -> feature maps after the last block ((batch, ch, time') or
+        (batch, ch, freq', time')) and their valid frames (batch,). Padding is zeroed before every block
+        and kept out of batch-norm statistics, so an item's maps do not depend on its batch."""
+        self.check_lengths(lengths)
+        lengths = lengths.to(x.device)
+        h = time_mask(self.features_to_maps(x), lengths)
+        for block in self.blocks:
+            h, lengths = block(h, lengths)
+        return h, lengths
+
     def features_to_maps(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x: (batch, time, feat), lengths: (batch,) valid frames -> logits (batch, num_classes)."""
-        self.check_lengths(lengths)
-        h = self.features_to_maps(x)
-        for block in self.blocks:
-            h = block(h)
+        h, frames = self.encode(x, lengths)
         if self.dims == 2:
             h = h.mean(dim=2)  # average over what is left of the feature axis: (batch, ch, time)
-        pooled = masked_pool(h.transpose(1, 2), self.output_lengths(lengths), self.readout)
-        return self.head(pooled)
+        return self.head(masked_pool(h.transpose(1, 2), frames, self.readout))
 
 
 class CNN1d(_ConvClassifier):

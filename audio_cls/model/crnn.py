@@ -16,7 +16,6 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from audio_cls.errors import ConfigError
-from audio_cls.features import frame_mask
 from audio_cls.model.cnn import CNN1d
 from audio_cls.model.layers import READOUTS, masked_pool
 
@@ -49,14 +48,7 @@ class CRNN(CNN1d):
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x: (batch, time, feat), lengths: (batch,) valid frames -> logits (batch, num_classes)."""
-        self.check_lengths(lengths)
-        lengths = lengths.to(x.device)
-        h = self.features_to_maps(x)  # (batch, feat, time)
-        h = h * frame_mask(lengths, h.shape[-1]).unsqueeze(1).to(h.dtype)
-        for block, n in zip(self.blocks, self.block_lengths(lengths)):
-            h = block(h)
-            h = h * frame_mask(n, h.shape[-1]).unsqueeze(1).to(h.dtype)  # padding stays zero
-        frames = self.output_lengths(lengths)
+        h, frames = self.encode(x, lengths)  # (batch, channels, time'): padding zeroed, see CNN1d
         packed = pack_padded_sequence(h.transpose(1, 2), frames.cpu(), batch_first=True, enforce_sorted=False)
         outputs, h_n = self.gru(packed)
         if self.readout == "last":
