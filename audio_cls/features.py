@@ -11,6 +11,7 @@ Normalization is part of the extractor, so it travels with the checkpoint:
   global     per feature, with mean and std measured on the training set (`GlobalNorm.fit`)
 
 Where features are computed (`placement`), one switch for the whole pipeline:
+  auto       the datamodule picks one of the three below at start-up and logs it (AudioDataModule.setup)
   worker     per recording in the DataLoader workers, on the CPU
   device     batched on the accelerator, in AudioClassifier.on_after_batch_transfer
   cache      once, stored on disk and reused until the extractor or the files change (AudioDataModule)
@@ -28,7 +29,7 @@ from torch import nn
 from audio_cls.errors import ConfigError
 
 NORMALIZATIONS = ("none", "utterance", "global")
-PLACEMENTS = ("worker", "device", "cache")
+PLACEMENTS = ("auto", "worker", "device", "cache")
 
 
 def frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:

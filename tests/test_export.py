@@ -155,8 +155,8 @@ PACKED = {"crnn", "lstm"}
 COVERED_ABOVE = ("cnn1d", "logmel")
 COMBINATIONS = sorted(({("cnn1d", f) for f in FRONT_ENDS} | {("cnn2d", "spectrogram")}
                        | {(m, "logmel") for m in PACKED}) - {COVERED_ABOVE})
-# Real recordings from 0.14 s (the shortest in FSDD) to 1.3 s.
 SPREAD = 0.1  # how much the small networks' logits differ between recordings: 1000 x TOLERANCE
+# Real recordings of four lengths, from 0.14 s (the shortest in FSDD) to 1.3 s.
 RECORDINGS = [FSDD / "recordings" / name for name in
               ("6_yweweler_3.wav", "9_yweweler_4.wav", "2_jackson_21.wav", "3_lucas_7.wav")]
 
@@ -192,7 +192,8 @@ def small_classifier(model, front_end, tmp_path) -> Classifier:
     if features.normalize == "global":
         waves = [torch.from_numpy(sf.read(str(p), dtype="float32")[0]) for p in FILES]
         with torch.no_grad():
-            features.norm.fit((features.compute(w[None]), torch.tensor([features.num_frames(w.numel())])) for w in waves)
+            features.norm.fit((features.compute(w[None]), torch.tensor([features.num_frames(w.numel())]))
+                              for w in waves)
     config = OmegaConf.to_container(cfg, resolve=True)
     classifier = Classifier(AudioClassifier(net, features, [str(d) for d in range(10)], config=config))
     # A random network barely tells recordings apart (logits within 0.015-0.16 of each other, 5e-4 on raw

@@ -98,3 +98,28 @@ def test_batch_norm_statistics_come_from_valid_frames_only(name, data, pad_value
     torch.testing.assert_close(out_loose, out_tight, atol=1e-4, rtol=1e-4)
     for key in stats_tight:
         torch.testing.assert_close(stats_loose[key], stats_tight[key], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+def test_masked_batch_norm_without_padding_is_batch_norm(dims):
+    """Outputs, gradients and running statistics of torch's BatchNorm when every frame is valid."""
+    from audio_cls.model.layers import MaskedBatchNorm1d, MaskedBatchNorm2d
+
+    torch.manual_seed(0)
+    ours = (MaskedBatchNorm1d if dims == 1 else MaskedBatchNorm2d)(8)
+    ours.weight.data.uniform_(0.5, 1.5)
+    ours.bias.data.uniform_(-1, 1)
+    theirs = (torch.nn.BatchNorm1d if dims == 1 else torch.nn.BatchNorm2d)(8)
+    theirs.load_state_dict(ours.state_dict())
+    shape = (4, 8, 30) if dims == 1 else (4, 8, 5, 30)
+    x = (torch.randn(shape) * 3 + 1).requires_grad_()
+    y = x.detach().clone().requires_grad_()
+    weights = torch.randn(shape)
+    out_ours, out_theirs = ours(x, torch.full((4,), 30)), theirs(y)
+    (out_ours * weights).sum().backward()
+    (out_theirs * weights).sum().backward()
+    torch.testing.assert_close(out_ours, out_theirs, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x.grad, y.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.weight.grad, theirs.weight.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.running_var, theirs.running_var)
+    torch.testing.assert_close(ours.running_mean, theirs.running_mean)

@@ -8,32 +8,64 @@ import pytest
 import torch
 
 from audio_cls.data.fsdd import FSDD
-from audio_cls.features import LogMel, MFCC
+from audio_cls.features import MFCC, LogMel, RawWaveform, Spectrogram
 from audio_cls.model import CNN1d
 from audio_cls.module import AudioClassifier
 from conftest import run_entry
 
 
-def batches(root, tmp_path, placement, normalize, make=LogMel):
-    features = make(8000, hop_length=80, normalize=normalize, placement=placement)
-    dm = FSDD(root=str(root), features=features, sample_rate=8000, batch_size=16, cache_dir=str(tmp_path))
+FRONT_ENDS = {  # every feature type of conf/features/
+    "logmel": lambda **kw: LogMel(8000, hop_length=80, **kw),
+    "mfcc": lambda **kw: MFCC(8000, hop_length=80, **kw),
+    "spectrogram": lambda **kw: Spectrogram(n_fft=256, hop_length=80, **kw),
+    "raw": lambda **kw: RawWaveform(frame_length=80, **kw),
+}
+
+
+def batches(root, tmp_path, placement, normalize, make=FRONT_ENDS["logmel"], duration=None, split="val"):
+    features = make(normalize=normalize, placement=placement)
+    dm = FSDD(root=str(root), features=features, sample_rate=8000, batch_size=16, cache_dir=str(tmp_path),
+              duration=duration, num_workers=2)
     dm.setup("fit")
-    module = AudioClassifier(CNN1d(features.num_features, 10, channels=[4]), dm.features, dm.class_names)
+    module = AudioClassifier(CNN1d(features.num_features, 10, channels=[4]), dm.features, dm.class_names).eval()
+    loader = {"val": dm.val_dataloader, "test": dm.test_dataloader}[split]()
     # on_after_batch_transfer is where placement=device extracts; a no-op for the other placements
-    return [module.on_after_batch_transfer(b, 0) for b in dm.val_dataloader()], dm
+    return [module.on_after_batch_transfer(b, 0) for b in loader], dm
 
 
+@pytest.mark.parametrize("duration", [None, 0.5])
 @pytest.mark.parametrize("normalize", ["none", "utterance", "global"])
-@pytest.mark.parametrize("make", [LogMel, MFCC])
-def test_every_placement_gives_the_same_features(fsdd_slice, tmp_path, normalize, make):
-    reference, _ = batches(fsdd_slice, tmp_path / "w", "worker", normalize, make)
+@pytest.mark.parametrize("front_end", list(FRONT_ENDS))
+def test_every_placement_gives_the_same_features(fsdd_slice, tmp_path, normalize, front_end, duration):
+    """Validation batches agree on every valid frame. With `duration`, clips are cropped or padded first and
+    every frame is valid: the cache must pad the waveform, not the features (0 dB is not silence)."""
+    make = FRONT_ENDS[front_end]
+    reference, _ = batches(fsdd_slice, tmp_path / "w", "worker", normalize, make, duration)
     for placement in ("device", "cache"):
-        other, _ = batches(fsdd_slice, tmp_path / placement, placement, normalize, make)
+        other, _ = batches(fsdd_slice, tmp_path / placement, placement, normalize, make, duration)
         assert len(other) == len(reference)
         for a, b in zip(reference, other):
             assert torch.equal(a["lengths"], b["lengths"]) and torch.equal(a["targets"], b["targets"])
+            if duration:
+                assert a["inputs"].shape == b["inputs"].shape and (a["lengths"] == a["inputs"].shape[1]).all()
             mask = torch.arange(a["inputs"].shape[1])[None] < a["lengths"][:, None]
-            torch.testing.assert_close(b["inputs"][mask], a["inputs"][mask], atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(b["inputs"][mask], a["inputs"][mask], atol=1e-3, rtol=1e-4)
+
+
+def test_cached_training_clips_shorter_than_duration_match_the_waveform_path(fsdd_slice, tmp_path):
+    """Training with `duration`: a recording shorter than it is padded with silence before extraction in the
+    cache too (longer ones are cut to a random span of frames instead of samples: see AudioDataset)."""
+    datasets = {}
+    for placement in ("worker", "cache"):
+        features = LogMel(8000, hop_length=80, normalize="none", placement=placement)
+        dm = FSDD(root=str(fsdd_slice), features=features, sample_rate=8000, duration=2.5,
+                  cache_dir=str(tmp_path / placement), num_workers=0)
+        dm.setup("fit")
+        datasets[placement] = dm.dataset("train")
+    for index in range(0, len(datasets["worker"]), 7):  # FSDD clips are under 2.5 s: all are padded
+        a = datasets["worker"][(index, 1)]["inputs"]
+        b = datasets["cache"][(index, 1)]["inputs"]
+        torch.testing.assert_close(b, a, atol=1e-3, rtol=1e-4)
 
 
 def test_cache_is_reused_and_invalidated(fsdd_slice, tmp_path):
@@ -62,15 +94,20 @@ def test_device_placement_trains_end_to_end(fsdd_slice, tmp_path):
 
 
 def test_ddp_on_two_cpu_processes_writes_one_run(fsdd_slice, tmp_path):
+    """Both ranks start at once against an empty feature cache: each writes the cache files through a
+    temporary name of its own (a shared one made the slower rank's rename fail)."""
     logs = tmp_path / "logs"
     proc = run_entry("audio_cls.train", "debug=limit", "trainer=ddp_cpu", f"data.root={fsdd_slice}",
-                     f"paths.log_dir={logs}", "data.batch_size=8")
+                     f"paths.log_dir={logs}", "data.batch_size=8", "features.placement=cache",
+                     f"paths.cache_dir={tmp_path / 'cache'}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((logs / "train" / "runs").iterdir())
     assert len(runs) == 1  # the second process writes into the first one's directory
     metrics = json.loads((runs[0] / "metrics.json").read_text())
     assert metrics["status"] == "finished" and 0 <= metrics["test/acc"] <= 1
     assert (runs[0] / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((tmp_path / "cache").glob("FSDD-*.pt"))) == 3  # train, val, test; no temporary left
+    assert not list((tmp_path / "cache").glob("*.tmp"))
 
 
 def test_bf16_mixed_precision_on_cpu(fsdd_slice, tmp_path):
@@ -105,3 +142,39 @@ def test_feature_augmentation_follows_extraction_in_training_only(fsdd_slice, tm
     assert torch.equal(plain_train["targets"], aug_train["targets"])  # same clips: the order is seeded
     assert (zero_bands(aug_train) > zero_bands(plain_train)).any()  # frequency bands masked in training
     assert torch.equal(aug_val["inputs"], plain_val["inputs"])  # validation data untouched
+
+
+def test_processes_filling_the_cache_at_once_do_not_collide(fsdd_slice, tmp_path, monkeypatch):
+    """Two writers of the same cache file at the same moment (ranks started together): each finishes, and one
+    complete file remains. A slow torch.save keeps both inside the write at once."""
+    import threading
+    import time
+
+    features = LogMel(8000, hop_length=80, normalize="none", placement="cache")
+    dm = FSDD(root=str(fsdd_slice), features=features, sample_rate=8000, cache_dir=str(tmp_path), num_workers=0)
+    dm.splits = dm.build_splits()
+    dm._check_splits()
+    save = torch.save
+
+    def slow_save(obj, path):
+        save(obj, path)
+        time.sleep(0.5)
+
+    monkeypatch.setattr(torch, "save", slow_save)
+    errors = []
+
+    def fill():
+        try:
+            dm._cached_features("val")
+        except Exception as err:  # noqa: BLE001 - the test reports any failure of a writer
+            errors.append(err)
+
+    writers = [threading.Thread(target=fill) for _ in range(2)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert not errors, errors
+    files = list(tmp_path.iterdir())
+    assert len(files) == 1 and files[0].suffix == ".pt"
+    assert len(torch.load(files[0], weights_only=True)) == len(dm.splits["val"])

@@ -37,7 +37,8 @@ BATCHES, BATCH_SIZE = 2, 16  # debug=limit's limit_val_batches / limit_test_batc
 def trained_run(fsdd_slice, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     proc = run_entry("audio_cls.train", "debug=limit", f"data.root={fsdd_slice}", f"hydra.run.dir={run_dir}",
-                     f"data.batch_size={BATCH_SIZE}", "trainer.limit_train_batches=4", *RUN_FEATURES)
+                     f"paths.cache_dir={run_dir / 'cache'}", f"data.batch_size={BATCH_SIZE}",
+                     "trainer.limit_train_batches=4", *RUN_FEATURES)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc
 
@@ -131,17 +132,19 @@ def test_test_metrics_are_those_of_the_best_checkpoint(trained_run):
 
 
 def test_checkpoint_alone_rebuilds_the_model(trained_run):
-    """The model rebuilt from last.ckpt alone gives what the trained module gave: the run's last validation
-    (logged in training, with the weights last.ckpt holds) is reproduced to float precision on the same
-    batches, and the front end is the run's (its settings and its global statistics, measured afresh)."""
+    """The model rebuilt from a checkpoint alone gives what the trained module gave: the validation of the
+    checkpoint's epoch (logged in training) is reproduced to float precision on the same batches, and the
+    front end is the run's (its settings, and its global statistics as measured afresh on the training split)."""
     run_dir, _ = trained_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    model = AudioClassifier.from_checkpoint(str(run_dir / "checkpoints" / "last.ckpt"))
+    model = AudioClassifier.from_checkpoint(metrics["best_checkpoint"])
     assert model.class_names == [str(d) for d in range(10)]
+    epoch = torch.load(metrics["best_checkpoint"], weights_only=True)["epoch"]
     datamodule = run_datamodule(run_dir, model.features, "fit")
     logits, targets = evaluate(model, datamodule.val_dataloader())
-    assert metrics["val/acc"] == pytest.approx((logits.argmax(-1) == targets).double().mean().item(), abs=1e-6)
-    assert metrics["val/loss"] == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-5)
+    assert logged(run_dir, "val/acc")[epoch] == pytest.approx((logits.argmax(-1) == targets).double().mean().item(),
+                                                             abs=1e-6)
+    assert logged(run_dir, "val/loss")[epoch] == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-5)
 
     features = model.features
     assert (features.num_features, features.hop_length, features.normalize) == (40, 100, "global")
@@ -149,6 +152,21 @@ def test_checkpoint_alone_rebuilds_the_model(trained_run):
     assert bool(fresh.features.norm.fitted)
     torch.testing.assert_close(features.norm.mean, fresh.features.norm.mean)
     torch.testing.assert_close(features.norm.std, fresh.features.norm.std)
+
+
+def test_last_checkpoint_is_the_end_of_training(fsdd_slice, tmp_path):
+    """last.ckpt (what `ckpt_path=last`, eval and predict read) holds the weights and state of the last epoch,
+    also when that epoch did not improve val/acc: here no epoch can (a learning rate of 1e-12, no batch norm)."""
+    proc = run_entry("audio_cls.train", "debug=limit", f"data.root={fsdd_slice}", f"hydra.run.dir={tmp_path}",
+                     "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "data.batch_size=8",
+                     "optimizer.lr=1e-12", "model.norm=none", "logger=none", "test=false",
+                     f"paths.cache_dir={tmp_path / 'cache'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 2
+    best = torch.load(next((tmp_path / "checkpoints").glob("epoch_*.ckpt")), weights_only=True)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (best["epoch"], best["global_step"]) == (0, 1)  # the only epoch that "improved"
+    assert (last["epoch"], last["global_step"]) == (1, 2)
 
 
 def test_eval_entry_point_tests_a_checkpoint(trained_run, fsdd_slice, tmp_path):

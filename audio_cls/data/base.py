@@ -85,6 +85,13 @@ class AudioDataset(Dataset):
         self.skip_bad_files = skip_bad_files
         self.returns = returns
         self.cached = cached
+        # Cached features normalized once, when no random crop comes before normalization (the statistics
+        # of global normalization are fitted before any dataset of this kind is made).
+        self.normalized = None
+        if returns == "cached" and not (num_samples is not None and random_crop):
+            frames = None if num_samples is None else int(features.num_frames(num_samples))
+            self.normalized = [features.apply_norm((x if frames is None else crop_or_pad(x, frames, False))[None])[0]
+                               for x in cached]
         self.augment = augment
         self.waveform_augment = waveform_augment if augment else None
 
@@ -98,7 +105,9 @@ class AudioDataset(Dataset):
         if isinstance(key, tuple):
             index, seed = key
             with torch.random.fork_rng(devices=[]):  # leaves the process's own stream untouched
-                torch.manual_seed(seed)
+                # The CPU generator alone: torch.manual_seed would also queue a CUDA seeding call (with
+                # its stack trace) for every item in a process without CUDA initialized.
+                torch.default_generator.manual_seed(seed)
                 return self._load(index)
         return self._load(key)
 
@@ -106,9 +115,9 @@ class AudioDataset(Dataset):
         item = self.items[index]
         target = self.class_to_index.get(item.label, -1)
         if self.returns == "cached":
-            x = self.cached[index]
-            if self.num_samples is not None:
-                x = crop_or_pad(x, int(self.features.num_frames(self.num_samples)), self.random_crop)
+            if self.normalized is not None:  # nothing random before normalization: normalized once
+                return {"inputs": self._augmented(self.normalized[index][None]), "target": target}
+            x = crop_or_pad(self.cached[index], int(self.features.num_frames(self.num_samples)), True)
             return {"inputs": self._augmented(self.features.apply_norm(x[None])), "target": target}
         try:
             waveform = load_audio(item.path, self.sample_rate, item.start, item.end)
@@ -294,6 +303,7 @@ class AudioDataModule(L.LightningDataModule):
         waveform_augment: training-only waveform augmentation (gain, shift, noise), or None.
         check_duplicates: warn about recordings with identical content in two splits (reads every file
             whose size matches one in another split).
+        cache_max_gb: the most memory that features.placement=auto lets the cache take (all splits).
         cache_dir: where `features.placement=cache` keeps computed features, one file per split, named by
             a hash of the extractor and of the split's files (path, size, modification time).
         on_bad_file: "error" stops at the first file that cannot be used, naming it (headers are read at
@@ -308,7 +318,7 @@ class AudioDataModule(L.LightningDataModule):
                  split_seed: int = 0, cv_fold: int | None = None, cv_folds: int = 5, cv_scheme: str = "auto",
                  balanced_sampling: bool = False, waveform_augment: WaveformAugment | None = None,
                  check_duplicates: bool = True, on_bad_file: str = "error", cache_dir: str = "cache",
-                 length_buckets: bool = True, max_batch_seconds: float | None = None):
+                 length_buckets: bool = True, max_batch_seconds: float | None = None, cache_max_gb: float = 4.0):
         super().__init__()
         if on_bad_file not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
@@ -341,6 +351,7 @@ class AudioDataModule(L.LightningDataModule):
         self.cv_scheme = cv_scheme
         self.balanced_sampling = balanced_sampling
         self.length_buckets = length_buckets
+        self.cache_max_gb = cache_max_gb
         self.max_batch_seconds = max_batch_seconds
         self.seconds: dict[Item, float] = {}  # each usable item's duration, read from its header at start-up
         self.waveform_augment = waveform_augment if waveform_augment is not None and waveform_augment.active else None
@@ -393,6 +404,8 @@ class AudioDataModule(L.LightningDataModule):
         if self.splits is None:
             self.splits = self.build_splits()
             self._check_splits()
+            if self.features.placement == "auto":
+                self.features.placement = self.choose_placement()
             if self.features.placement == "cache":
                 for split in SPLITS:
                     self.cached[split] = self._cached_features(split)
@@ -401,11 +414,35 @@ class AudioDataModule(L.LightningDataModule):
             log.info("Measuring global feature statistics on %d training files", len(self.splits["train"]))
             norm.fit(self._feature_batches("train"))
 
+    def choose_placement(self) -> str:
+        """features.placement=auto: `cache` when nothing random happens to the waveform (features can then be
+        computed once) and all splits' features fit in data.cache_max_gb of memory; else `device` on a GPU
+        (batched extraction there) or `worker` on the CPU (extraction in parallel DataLoader workers)."""
+        frames = sum(int(self.features.num_frames(round(min(s, (self.num_samples or math.inf) / self.sample_rate)
+                                                        * self.sample_rate))) for s in self.seconds.values())
+        gigabytes = frames * self.features.num_features * 4 / 2**30
+        if self.waveform_augment is None and gigabytes <= self.cache_max_gb:
+            choice, why = "cache", f"no waveform augmentation; features take {gigabytes:.2f} GB <= data.cache_max_gb"
+        else:
+            choice = "device" if torch.cuda.is_available() else "worker"
+            why = ("waveform augmentation is on" if self.waveform_augment is not None else
+                   f"features would take {gigabytes:.1f} GB > data.cache_max_gb={self.cache_max_gb}")
+        log.info("features.placement=auto: %s (%s)", choice, why)
+        return choice
+
     def _feature_batches(self, split: str):
-        """(features, frame lengths) batches of a split, whatever the placement (extracted here for
-        placement=device)."""
-        for batch in self._loader(split, shuffle=False, augment=False):
-            if self.features.placement == "device":
+        """(features, frame lengths) batches of a split, centre-cropped and not augmented, extracted from the
+        audio in every placement (the cache crops frames, not samples), so that the statistics measured
+        on them are the same whatever the placement."""
+        device = self.features.placement == "device"
+        # The cache holds the same features when nothing is cropped (checked in tests/test_data.py)
+        returns = "cached" if self.features.placement == "cache" and self.num_samples is None else (
+            "waveform" if device else "features")
+        dataset = self.dataset(split, returns=returns, augment=False)
+        loader = DataLoader(dataset, batch_size=self.batch_size, collate_fn=pad_collate,
+                            num_workers=0 if returns == "cached" else self.num_workers)
+        for batch in loader:
+            if device:
                 yield self.features(batch["inputs"], batch["lengths"]), self.features.num_frames(batch["lengths"])
             else:
                 yield batch["inputs"], batch["lengths"]
@@ -532,7 +569,7 @@ class AudioDataModule(L.LightningDataModule):
         index = {name: i for i, name in enumerate(self.class_names)}
         returns = returns or {"worker": "features", "device": "waveform", "cache": "cached"}[self.features.placement]
         return AudioDataset(self.splits[split], index, self.sample_rate, self.features, self.num_samples,
-                            random_crop=split == "train", skip_bad_files=self.on_bad_file == "skip",
+                            random_crop=split == "train" and augment, skip_bad_files=self.on_bad_file == "skip",
                             returns=returns, cached=self.cached.get(split), augment=augment and split == "train",
                             waveform_augment=self.waveform_augment)
 
@@ -559,11 +596,14 @@ class AudioDataModule(L.LightningDataModule):
             # with little padding. Prediction keeps file order.
             by_length = sorted(range(len(dataset)), key=seconds.__getitem__)
             batch_sampler = [by_length[i : i + self.batch_size] for i in range(0, len(by_length), self.batch_size)]
+        # Cached features are in memory: handing them to worker processes costs more than it saves (and on a
+        # small machine the workers' threads compete with the training process's).
+        workers = 0 if dataset.returns == "cached" else self.num_workers
         # Worker seeds come from a generator of the loader's own, not from the global RNG (see EpochSampler).
         return DataLoader(
             dataset, batch_size=1 if batch_sampler is not None else self.batch_size, sampler=sampler,
-            batch_sampler=batch_sampler, collate_fn=pad_collate, num_workers=self.num_workers,
-            pin_memory=self.pin_memory, persistent_workers=persistent and self.num_workers > 0,
+            batch_sampler=batch_sampler, collate_fn=pad_collate, num_workers=workers,
+            pin_memory=self.pin_memory, persistent_workers=persistent and workers > 0,
             generator=torch.Generator().manual_seed(torch.initial_seed()))
 
     def train_dataloader(self) -> DataLoader:

@@ -74,24 +74,23 @@ class _MaskedBatchNorm:
             return super().forward(x)
         dtype, x = x.dtype, x.float()  # statistics in float32, also under mixed precision
         mask = frame_mask(lengths.to(x.device), x.shape[-1])
-        mask = mask.view(mask.shape[0], 1, *([1] * (x.dim() - 3)), mask.shape[1]).to(x.dtype)
+        mask = mask.view(mask.shape[0], 1, *([1] * (x.dim() - 3)), mask.shape[1])
         dims = [d for d in range(x.dim()) if d != 1]
         count = mask.sum() * (x[0, 0].numel() // x.shape[-1])  # valid frames x the other non-channel axes
-        x = x.masked_fill(mask == 0, 0.0)  # padding may hold anything, even NaN
+        x = x.masked_fill(~mask, 0.0)  # padding may hold anything, even NaN
         mean = x.sum(dims) / count
-        centred = x - mean.view(1, -1, *([1] * (x.dim() - 2)))
-        var = (centred.square() * mask).sum(dims) / count
+        var = (x.square().sum(dims) / count - mean.square()).clamp(min=0)  # one pass; float32 is enough here
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-            unbiased = var * count / (count - 1).clamp(min=1)
-            self.running_mean.lerp_(mean.detach(), momentum)
-            self.running_var.lerp_(unbiased.detach(), momentum)
-        shape = (1, -1, *([1] * (x.dim() - 2)))
-        out = centred * torch.rsqrt(var + self.eps).view(shape)
+            self.running_mean.lerp_(mean, momentum)
+            self.running_var.lerp_(var * count / (count - 1).clamp(min=1), momentum)
+        scale = torch.rsqrt(var + self.eps)
         if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out.to(dtype)
+            scale = scale * self.weight
+        shift = -mean * scale + (self.bias if self.affine else 0)
+        shape = (1, -1, *([1] * (x.dim() - 2)))
+        return torch.addcmul(shift.view(shape), x, scale.view(shape)).to(dtype)
 
 
 class MaskedBatchNorm1d(_MaskedBatchNorm, nn.BatchNorm1d):
