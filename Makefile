@@ -21,10 +21,10 @@ sweep:  ## a small ready-made sweep on FSDD (2 networks x 2 learning rates); wri
 report:  ## rewrite the report of a sweep: make report DIR=logs/train/multiruns/<sweep>
 	$(BIN)/python -m audio_cls.report $(DIR)
 
-bench:  ## benchmarks (not tests): feature extraction, training overhead, cache, time to 97%; tables on stdout
+bench:  ## benchmarks (not tests): features, training overhead, time to 97% and make train against the plain reference
 	$(BIN)/pip install -q -e '.[bench]'
 	cd benchmarks && ../$(BIN)/python bench_features.py && ../$(BIN)/python bench_training.py \
-		&& ../$(BIN)/python bench_time_to_accuracy.py --placement cache && ../$(BIN)/python bench_time_to_accuracy.py --placement worker
+		&& ../$(BIN)/python bench_time_to_accuracy.py && ../$(BIN)/python bench_make_train.py
 
 tensorboard:  ## serve the TensorBoard logs of every run under logs/
 	$(BIN)/tensorboard --logdir logs --bind_all

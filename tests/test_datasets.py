@@ -566,9 +566,9 @@ def test_balanced_sampling_draws_classes_equally(tmp_path):
     def drawn(dm):
         loader = dm.train_dataloader()
         counts = Counter()
-        for epoch in range(5):
-            loader.sampler.set_epoch(epoch)
-            counts.update(dm.splits["train"][i].label for i in loader.sampler)
+        for epoch in range(5):  # the length-bucketed batches draw from the EpochSampler inside them
+            loader.batch_sampler.sampler.set_epoch(epoch)
+            counts.update(dm.splits["train"][i].label for batch in loader.batch_sampler for i, _seed in batch)
         return counts["rare"] / sum(counts.values())
     assert drawn(plain) < 0.15 and 0.4 < drawn(balanced) < 0.6
 
