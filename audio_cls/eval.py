@@ -27,6 +27,7 @@ from audio_cls.config_checks import check_config
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.module import TRUSTED_MODULES, AudioClassifier, _check_targets
 from audio_cls.runs import instantiate_group, run_task, scalar_metrics
+from audio_cls.train import check_shortest_input
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,11 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     datamodule.setup("test")
     if datamodule.class_names != module.class_names:
         raise DataError(f"data: classes {datamodule.class_names} differ from the checkpoint's {module.class_names}")
+    module.features.placement = datamodule.features.placement  # what features.placement=auto chose for this data
+    try:
+        check_shortest_input(module.net, datamodule.min_frames, module.features.num_features)
+    except ConfigError as err:
+        raise ConfigError(f"{err} (the shortest recording is {datamodule.shortest_path})") from None
     if rank_zero_only.rank == 0:  # what was tested, to compare with the training run's splits.csv
         datamodule.write_split_files(Path(cfg.paths.output_dir))
 

@@ -173,14 +173,22 @@ class AudioClassifier(L.LightningModule):
                                    f"(epoch {self.current_epoch}, batch {batch_idx}); lower optimizer.lr "
                                    f"or set trainer.gradient_clip_val")
 
+    def _check_epoch_finite(self) -> None:
+        """On an accelerator the loss is checked every few steps only: check the epoch's sum before validation
+        (and the checkpoints written after it) and at the end of the epoch."""
+        if self.train_sums is not None and not torch.isfinite(self.train_sums[0]):
+            raise TrainingDiverged(f"the training loss became {self.train_sums[0].item()} in epoch "
+                                   f"{self.current_epoch}; lower optimizer.lr or set trainer.gradient_clip_val")
+
+    def on_validation_start(self) -> None:
+        self._check_epoch_finite()
+
     def on_train_epoch_end(self) -> None:
         if self.train_sums is None:
             return
+        self._check_epoch_finite()
         loss_sum, correct, items, valid, frames = self.train_sums
         self.train_sums = None
-        if not torch.isfinite(loss_sum):  # on an accelerator, steps between checks: before the checkpoint
-            raise TrainingDiverged(f"the training loss became {loss_sum.item()} in epoch {self.current_epoch}; "
-                                   f"lower optimizer.lr or set trainer.gradient_clip_val")
         self.log_dict({"train/loss": loss_sum / items, "train/acc": correct / items,
                        "train/padding_share": 1 - valid / frames}, sync_dist=True)
 

@@ -609,3 +609,27 @@ def test_augmentation_is_off_by_default(tmp_path, fsdd_slice):
     assert cfg.augment.mixup_alpha == 0 and cfg.features.spec_augment is None
     dm = instantiate_data(cfg)
     assert dm.waveform_augment is None and dm.features.spec_augment is None and not dm.balanced_sampling
+
+
+def test_batches_by_seconds_keep_one_count_per_epoch(tmp_path):
+    """data.max_batch_seconds fills batches by duration, yet every epoch has the count Lightning read once, and
+    data.shuffle=false gives the same batches every epoch."""
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(40):
+            write_tone(tmp_path / label / f"{i}.wav", seconds=float(rng.uniform(0.1, 1.0)), sample_rate=16000)
+    dm = build(Folder, tmp_path, max_batch_seconds=3.0, val_fraction=0.1, test_fraction=0.1)
+    sampler = dm.train_dataloader().batch_sampler
+    counts = set()
+    for epoch in range(6):
+        sampler.sampler.set_epoch(epoch)
+        batches = list(sampler)
+        counts.add(len(batches))
+        assert all(len(b) * max(dm.seconds[dm.splits["train"][i]] for i, _ in b) <= 3.0 + 1e-6 or len(b) == 1
+                   for b in batches)
+    assert counts == {len(sampler)}
+    fixed = build(Folder, tmp_path, shuffle=False, val_fraction=0.1, test_fraction=0.1).train_dataloader().batch_sampler
+    first = [[i for i, _ in b] for b in fixed]
+    fixed.sampler.set_epoch(3)
+    assert [[i for i, _ in b] for b in fixed] == first

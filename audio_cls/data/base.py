@@ -246,6 +246,7 @@ class LengthBucketSampler(Sampler):
         self.batch_size = batch_size
         self.max_batch_seconds = max_batch_seconds
         self.pool_batches = pool_batches
+        self._num_batches = None
 
     def all_batches(self) -> list[list[tuple[int, int]]]:
         """This epoch's batches, for all processes."""
@@ -255,8 +256,17 @@ class LengthBucketSampler(Sampler):
         for start in range(0, len(keyed), pool_size):
             pool = sorted(keyed[start : start + pool_size], key=lambda key: self.seconds[key[0]])
             batches += self._cut(pool)
+        if not self.sampler.shuffle and self.sampler.weights is None:  # data.shuffle=false: a fixed order
+            return batches
         permutation = torch.randperm(len(batches), generator=self.sampler.generator()).tolist()
-        return [batches[i] for i in permutation]
+        batches = [batches[i] for i in permutation]
+        if self.max_batch_seconds is None:
+            return batches
+        # Filling by seconds makes the count vary a little between epochs, but Lightning reads it once (its
+        # validation and epoch end rely on it): every epoch gets the first epoch's count, cut or repeated.
+        if self._num_batches is None:
+            self._num_batches = len(batches)
+        return (batches * 2)[: self._num_batches]
 
     def _cut(self, pool: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
         if self.max_batch_seconds is None:
@@ -418,9 +428,14 @@ class AudioDataModule(L.LightningDataModule):
         """features.placement=auto: `cache` when nothing random happens to the waveform (features can then be
         computed once) and all splits' features fit in data.cache_max_gb of memory; else `device` on a GPU
         (batched extraction there) or `worker` on the CPU (extraction in parallel DataLoader workers)."""
-        frames = sum(int(self.features.num_frames(round(min(s, (self.num_samples or math.inf) / self.sample_rate)
-                                                        * self.sample_rate))) for s in self.seconds.values())
-        gigabytes = frames * self.features.num_features * 4 / 2**30
+        duration = (self.num_samples or 0) / self.sample_rate
+        train = set(self.splits["train"])
+        # Training features are stored whole (padded to at least `duration`), val/test ones cut to it; loaded,
+        # each split is held twice (as stored, and normalized).
+        seconds = sum(max(s, duration) if item in train or not duration else duration
+                      for item, s in self.seconds.items())
+        frames = self.features.num_frames(round(seconds * self.sample_rate)) + len(self.seconds)
+        gigabytes = 2 * frames * self.features.num_features * 4 / 2**30
         if self.waveform_augment is None and gigabytes <= self.cache_max_gb:
             choice, why = "cache", f"no waveform augmentation; features take {gigabytes:.2f} GB <= data.cache_max_gb"
         else:
@@ -591,11 +606,16 @@ class AudioDataModule(L.LightningDataModule):
         if self.length_buckets and self.num_samples is None and sampler is not None:
             batch_sampler, sampler = LengthBucketSampler(sampler, seconds, self.batch_size,
                                                          self.max_batch_seconds), None
-        elif self.length_buckets and self.num_samples is None and split in ("val", "test") and by_length:
-            # Evaluation in length order: the same numbers (an item's logits do not depend on its batch),
-            # with little padding. Prediction keeps file order.
-            by_length = sorted(range(len(dataset)), key=seconds.__getitem__)
-            batch_sampler = [by_length[i : i + self.batch_size] for i in range(0, len(by_length), self.batch_size)]
+        elif split in ("val", "test") and by_length:
+            # Evaluation in length order (with length_buckets): the same numbers, since an item's logits do not
+            # depend on its batch, with little padding. Under DDP each process takes every world_size-th
+            # batch, unpadded, so metrics count every recording once. Prediction keeps file order.
+            order = list(range(len(dataset)))
+            if self.length_buckets and self.num_samples is None:
+                order.sort(key=seconds.__getitem__)
+            rank, world = _rank_and_world()
+            batch_sampler = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+            batch_sampler = batch_sampler[rank::world]
         # Cached features are in memory: handing them to worker processes costs more than it saves (and on a
         # small machine the workers' threads compete with the training process's).
         workers = 0 if dataset.returns == "cached" else self.num_workers

@@ -79,7 +79,8 @@ class _MaskedBatchNorm:
         count = mask.sum() * (x[0, 0].numel() // x.shape[-1])  # valid frames x the other non-channel axes
         x = x.masked_fill(~mask, 0.0)  # padding may hold anything, even NaN
         mean = x.sum(dims) / count
-        var = (x.square().sum(dims) / count - mean.square()).clamp(min=0)  # one pass; float32 is enough here
+        centred = (x - mean.view(1, -1, *([1] * (x.dim() - 2)))).masked_fill(~mask, 0.0)
+        var = centred.square().sum(dims) / count  # two passes: exact also for features far from zero mean
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
@@ -88,9 +89,10 @@ class _MaskedBatchNorm:
         scale = torch.rsqrt(var + self.eps)
         if self.affine:
             scale = scale * self.weight
-        shift = -mean * scale + (self.bias if self.affine else 0)
         shape = (1, -1, *([1] * (x.dim() - 2)))
-        return torch.addcmul(shift.view(shape), x, scale.view(shape)).to(dtype)
+        if not self.affine:
+            return (centred * scale.view(shape)).to(dtype)
+        return torch.addcmul(self.bias.view(shape), centred, scale.view(shape)).to(dtype)
 
 
 class MaskedBatchNorm1d(_MaskedBatchNorm, nn.BatchNorm1d):
