@@ -608,14 +608,12 @@ class AudioDataModule(L.LightningDataModule):
                                                          self.max_batch_seconds), None
         elif split in ("val", "test") and by_length:
             # Evaluation in length order (with length_buckets): the same numbers, since an item's logits do not
-            # depend on its batch, with little padding. Under DDP each process takes every world_size-th
-            # batch, unpadded, so metrics count every recording once. Prediction keeps file order.
+            # depend on its batch, with little padding. Prediction keeps file order. Under DDP every process
+            # evaluates every batch: unequal shards would desynchronize DDP's per-step collectives.
             order = list(range(len(dataset)))
             if self.length_buckets and self.num_samples is None:
                 order.sort(key=seconds.__getitem__)
-            rank, world = _rank_and_world()
             batch_sampler = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-            batch_sampler = batch_sampler[rank::world]
         # Cached features are in memory: handing them to worker processes costs more than it saves (and on a
         # small machine the workers' threads compete with the training process's).
         workers = 0 if dataset.returns == "cached" else self.num_workers
