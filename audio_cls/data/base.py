@@ -247,9 +247,15 @@ class LengthBucketSampler(Sampler):
         self.max_batch_seconds = max_batch_seconds
         self.pool_batches = pool_batches
         self._num_batches = None
+        self._epoch_batches: tuple[int, list] | None = None
 
     def all_batches(self) -> list[list[tuple[int, int]]]:
-        """This epoch's batches, for all processes."""
+        """This epoch's batches, for all processes (made once per epoch: Lightning also asks for len())."""
+        if self._epoch_batches is None or self._epoch_batches[0] != self.sampler.epoch:
+            self._epoch_batches = (self.sampler.epoch, self._make_batches())
+        return self._epoch_batches[1]
+
+    def _make_batches(self) -> list[list[tuple[int, int]]]:
         keyed = [(index, self.sampler.item_seed(p)) for p, index in enumerate(self.sampler.order())]
         pool_size = self.batch_size * self.pool_batches
         batches = []
@@ -280,7 +286,7 @@ class LengthBucketSampler(Sampler):
         return batches + [batch] if batch else batches
 
     def __iter__(self):
-        batches = self.all_batches()
+        batches = list(self.all_batches())  # a copy: padded for DDP below
         rank, world = _rank_and_world()
         batches += batches[: (-len(batches)) % world]
         return iter(batches[rank::world])
