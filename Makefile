@@ -2,15 +2,28 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test train sweep report bench tensorboard clean
+.PHONY: help install lint format test test-fast train sweep report bench tensorboard clean predict export notebook
+.DEFAULT_GOAL := help
+
+help:  ## list the targets (this list)
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  make %-12s %s\n", $$1, $$2}'
 
 install:  ## create .venv and install the package with its dev extras
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[dev]'
 
+lint:  ## ruff: lint and check the formatting (changes nothing)
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format:  ## ruff: fix what the linter can and format the code
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
 test:  ## run the test suite
 	$(BIN)/python -m pytest
+
+test-fast:  ## the tests not marked slow (no training runs or subprocess entry points); under 90 s on 2 CPU cores
+	$(BIN)/python -m pytest -m "not slow"
 
 train:  ## train the default experiment (CNN1d on FSDD) and print the test metrics
 	$(BIN)/python -m audio_cls.train $(ARGS)
@@ -29,17 +42,15 @@ bench:  ## benchmarks (not tests): features, training overhead, time to 97% and 
 tensorboard:  ## serve the TensorBoard logs of every run under logs/
 	$(BIN)/tensorboard --logdir logs --bind_all
 
-clean:
+clean:  ## delete logs/ and .pytest_cache
 	rm -rf logs .pytest_cache
 
-.PHONY: predict export
 predict:  ## label recordings: make predict CKPT=path/to.ckpt INPUT=file|folder|manifest.csv [ARGS="window=1.0 ..."]
 	$(BIN)/python -m audio_cls.predict ckpt_path=$(CKPT) input=$(INPUT) $(ARGS)
 
 export:  ## export a checkpoint: make export CKPT=path/to.ckpt [FORMAT=onnx|torchscript] [ARGS="output_dir=..."]
 	$(BIN)/python -m audio_cls.export ckpt_path=$(CKPT) format=$(or $(FORMAT),onnx) $(ARGS)
 
-.PHONY: notebook
 notebook:  ## Jupyter Lab in the project's environment (installs it into .venv first if missing); notebooks in notebooks/
 	$(BIN)/python -c "import jupyterlab" 2>/dev/null || $(BIN)/pip install -e '.[notebook]'
 	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) $(ARGS)

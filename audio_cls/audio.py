@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
 
-def audio_files(folder: Path, others: Counter | None = None,
-                skipped: list[tuple[str, str]] | None = None) -> list[Path]:
+def audio_files(
+    folder: Path, others: Counter | None = None, skipped: list[tuple[str, str]] | None = None
+) -> list[Path]:
     """The audio files (by extension) in `folder` and below, sorted; `others` counts the other files
     found, by extension (by name when there is none). Entries named like audio that are not files (a
     broken symbolic link, a folder called x.wav) go to `skipped` as (path, reason); without that list
@@ -44,8 +45,11 @@ def audio_files(folder: Path, others: Counter | None = None,
     if skipped is not None:
         skipped.extend(unusable)
     elif unusable:
-        log.warning("Skipped %d entries named like audio that are not files: %s", len(unusable),
-                    "; ".join(reason for _, reason in unusable[:5]))
+        log.warning(
+            "Skipped %d entries named like audio that are not files: %s",
+            len(unusable),
+            "; ".join(reason for _, reason in unusable[:5]),
+        )
     return found
 
 
@@ -64,8 +68,10 @@ def require_decoder(path: str | Path) -> None:
     """A clear DataError for an MP3 that this libsndfile cannot decode (its own error is 'Format not
     recognised', which reads like a broken file)."""
     if Path(path).suffix.lower() == ".mp3" and not mp3_supported():
-        raise DataError(f"{path}: this libsndfile ({sf.__libsndfile_version__}) cannot read MP3; it needs "
-                        f"libsndfile >= 1.1 (pip install -U soundfile), or convert the file to WAV/FLAC")
+        raise DataError(
+            f"{path}: this libsndfile ({sf.__libsndfile_version__}) cannot read MP3; it needs "
+            f"libsndfile >= 1.1 (pip install -U soundfile), or convert the file to WAV/FLAC"
+        )
 
 
 def audio_info(path: str | Path) -> sf._SoundFileInfo:
@@ -86,8 +92,9 @@ def _resampler(orig_freq: int, new_freq: int) -> torchaudio.transforms.Resample:
     return torchaudio.transforms.Resample(orig_freq, new_freq)
 
 
-def load_audio(path: str | Path, sample_rate: int, start: float | None = None,
-               end: float | None = None) -> torch.Tensor:
+def load_audio(
+    path: str | Path, sample_rate: int, start: float | None = None, end: float | None = None
+) -> torch.Tensor:
     """Read `path` (or its segment from `start` to `end` seconds) as a mono waveform at `sample_rate`.
 
     Returns:

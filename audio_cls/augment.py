@@ -1,9 +1,11 @@
-"""Training-time waveform augmentation: small modules, waveform (samples,) -> (samples,) of the same length.
+"""Training-time augmentation, the `augment` config group: validation and test data never pass through it.
 
-They run in the DataLoader workers on training recordings only (AudioDataset with augment=True),
-before feature extraction; validation and test data never pass through them. Feature-domain masking
-(SpecAugment) lives with the features (`features.spec_augment`), mixup with the batch
-(`AudioClassifier(mixup_alpha=...)`). Randomness comes from torch's RNG, which Lightning seeds per worker.
+    waveform (samples,) -> WaveformAugment (shift, gain, background noise)   in the DataLoader workers
+        -> feature extraction -> SpecAugment (frequency and time masks)     where the features are made
+        -> batch -> mixup                                                    in AudioClassifier.training_step
+
+Each part is off unless configured (`active` says whether it is on). Randomness comes from torch's RNG,
+seeded per item by the training sampler (audio_cls/data/base.py), so a resumed run draws the same.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torchaudio.transforms as T
 from torch import nn
 
 from audio_cls.audio import AUDIO_EXTENSIONS, audio_files, audio_info, load_audio
 from audio_cls.errors import ConfigError, DataError
+from audio_cls.features import frame_mask
 
 
 def _uniform(low: float, high: float) -> float:
@@ -64,19 +68,28 @@ class BackgroundNoise(nn.Module):
     than the waveform is repeated.
     """
 
-    def __init__(self, noise_dir: str, sample_rate: int, snr_db: tuple[float, float] = (5.0, 20.0),
-                 prob: float = 1.0, noise_range: tuple[float, float] = (0.0, 1.0)):
+    def __init__(
+        self,
+        noise_dir: str,
+        sample_rate: int,
+        snr_db: tuple[float, float] = (5.0, 20.0),
+        prob: float = 1.0,
+        noise_range: tuple[float, float] = (0.0, 1.0),
+    ):
         super().__init__()
         folder = Path(noise_dir).expanduser()
         if not folder.is_dir():
             raise ConfigError(f"augment.waveform.noise_dir={noise_dir}: no such directory")
         self.files = [str(p) for p in audio_files(folder)]
         if not self.files:
-            raise ConfigError(f"augment.waveform.noise_dir={noise_dir}: no audio files "
-                              f"({', '.join(AUDIO_EXTENSIONS)}) in it")
+            raise ConfigError(
+                f"augment.waveform.noise_dir={noise_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in it"
+            )
         if len(noise_range) != 2 or not 0 <= noise_range[0] < noise_range[1] <= 1:
-            raise ConfigError(f"augment.waveform.noise_range={list(noise_range)}: expected [start, end] with "
-                              f"0 <= start < end <= 1 (shares of each noise recording)")
+            raise ConfigError(
+                f"augment.waveform.noise_range={list(noise_range)}: expected [start, end] with "
+                f"0 <= start < end <= 1 (shares of each noise recording)"
+            )
         self.sample_rate = sample_rate
         self.snr_db = tuple(snr_db)
         self.prob = prob
@@ -122,9 +135,16 @@ class WaveformAugment(nn.Module):
             `noise_range` [start, end] (the share of each recording drawn from) as in BackgroundNoise.
     """
 
-    def __init__(self, sample_rate: int, gain_db: tuple[float, float] | None = None, shift: float = 0.0,
-                 noise_dir: str | None = None, snr_db: tuple[float, float] = (5.0, 20.0), noise_prob: float = 1.0,
-                 noise_range: tuple[float, float] = (0.0, 1.0)):
+    def __init__(
+        self,
+        sample_rate: int,
+        gain_db: tuple[float, float] | None = None,
+        shift: float = 0.0,
+        noise_dir: str | None = None,
+        snr_db: tuple[float, float] = (5.0, 20.0),
+        noise_prob: float = 1.0,
+        noise_range: tuple[float, float] = (0.0, 1.0),
+    ):
         super().__init__()
         steps = []
         if shift:
@@ -146,8 +166,44 @@ class WaveformAugment(nn.Module):
         return waveform
 
 
-def mixup(inputs: torch.Tensor, lengths: torch.Tensor, alpha: float
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+class SpecAugment(nn.Module):
+    """Feature-domain augmentation for training (SpecAugment's masking): `num_masks` frequency bands of
+    up to `freq_mask` features and time spans of up to `time_mask` frames are set to zero (the mean,
+    after normalization), drawn independently for every recording (torchaudio's masking transforms).
+
+    (batch, frames, feat), lengths (batch,) -> same shape; padding stays zero. Time masks are drawn over
+    the padded width (as torchaudio does), so a short item in a padded batch can have a mask fall in its
+    padding and be masked less than a long one.
+    """
+
+    def __init__(self, freq_mask: int = 0, time_mask: int = 0, num_masks: int = 1):
+        super().__init__()
+        for key, value in (("freq_mask", freq_mask), ("time_mask", time_mask), ("num_masks", num_masks)):
+            if not isinstance(value, int) or value < 0:
+                raise ConfigError(f"augment.spec_augment.{key}={value!r}: expected a whole number >= 0")
+        self.num_masks = num_masks
+        self.freq = T.FrequencyMasking(freq_mask, iid_masks=True) if freq_mask else None
+        self.time = T.TimeMasking(time_mask, iid_masks=True) if time_mask else None
+
+    @property
+    def active(self) -> bool:
+        return self.num_masks > 0 and (self.freq is not None or self.time is not None)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None:
+            lengths = torch.full((x.shape[0],), x.shape[1], device=x.device)
+        spec = x.transpose(1, 2).unsqueeze(1)  # torchaudio masks (batch, channel, freq, time)
+        for _ in range(self.num_masks):
+            if self.freq is not None:
+                spec = self.freq(spec)
+            if self.time is not None:
+                spec = self.time(spec)
+        return spec.squeeze(1).transpose(1, 2) * frame_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
+
+
+def mixup(
+    inputs: torch.Tensor, lengths: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
     """Mix every item of a batch with another of the same batch (mixup, Zhang et al. 2018).
 
     inputs (B, T, F), lengths (B,) -> mixed inputs, lengths (the longer of each pair), the partner

@@ -30,8 +30,7 @@ class CheckpointOnInterrupt(L.Callback):
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if trainer.state.fn == TrainerFn.FITTING and isinstance(exception, (SIGTERMException, KeyboardInterrupt)):
             trainer.save_checkpoint(self.path)
-            log.warning("Interrupted at step %d: saved %s; resume with ckpt_path=last", trainer.global_step,
-                        self.path)
+            log.warning("Interrupted at step %d: saved %s; resume with ckpt_path=last", trainer.global_step, self.path)
 
 
 class RNGState(L.Callback):
@@ -47,8 +46,11 @@ class RNGState(L.Callback):
 
     def state_dict(self) -> dict:
         kind, keys, pos, has_gauss, gauss = np.random.get_state()
-        state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos,
-                                                        has_gauss, gauss), "torch": torch.get_rng_state()}
+        state = {
+            "python": random.getstate(),
+            "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+            "torch": torch.get_rng_state(),
+        }
         if torch.cuda.is_available():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state

@@ -20,11 +20,32 @@ log = logging.getLogger(__name__)
 
 # Groups whose nodes are built by `_target_`: their values are checked against its signature.
 TARGET_GROUPS = ("data", "features", "model", "loss", "optimizer", "scheduler")
-POSITIVE = ("data.batch_size", "data.sample_rate", "data.duration", "trainer.max_epochs", "optimizer.lr",
-            "features.n_fft", "features.hop_length", "features.win_length", "features.n_mels", "features.n_mfcc",
-            "features.frame_length", "model.hidden_size", "model.num_layers", "model.num_blocks")
-NON_NEGATIVE = ("data.num_workers", "model.dropout", "optimizer.weight_decay", "loss.label_smoothing",
-                "data.val_fraction", "data.test_fraction", "augment.mixup_alpha", "augment.waveform.shift")
+POSITIVE = (
+    "data.batch_size",
+    "data.sample_rate",
+    "data.duration",
+    "trainer.max_epochs",
+    "optimizer.lr",
+    "features.n_fft",
+    "features.hop_length",
+    "features.win_length",
+    "features.n_mels",
+    "features.n_mfcc",
+    "features.frame_length",
+    "model.hidden_size",
+    "model.num_layers",
+    "model.num_blocks",
+)
+NON_NEGATIVE = (
+    "data.num_workers",
+    "model.dropout",
+    "optimizer.weight_decay",
+    "loss.label_smoothing",
+    "data.val_fraction",
+    "data.test_fraction",
+    "augment.mixup_alpha",
+    "augment.waveform.shift",
+)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -63,20 +84,34 @@ def check_types(node: dict, group: str) -> None:
 
 def signature_of(target, where: str = "") -> tuple[dict, dict, bool]:
     """Annotations and parameters of a callable or class, following **kwargs up the class hierarchy
-    (a dataset's own arguments plus those it passes on to AudioDataModule). What cannot be read is
-    logged as a warning (prefixed by `where`) instead of silently going unchecked."""
+    (a dataset's own arguments plus those it passes on to AudioDataModule), and to the class named by
+    `passes_kwargs_to` where a class declares one (a CNN's `**conv` goes to ConvStack). What cannot be
+    read is logged as a warning (prefixed by `where`) instead of silently going unchecked."""
     hints, parameters = {}, {}
-    inits = [c.__dict__["__init__"] for c in inspect.getmro(target) if "__init__" in c.__dict__] \
-        if inspect.isclass(target) else [target]
+    inits, forwarded_init, filled = [target], None, set()
+    if inspect.isclass(target):
+        inits = []
+        for cls in inspect.getmro(target):
+            if "__init__" in cls.__dict__:
+                inits.append(cls.__dict__["__init__"])
+            forwarded = cls.__dict__.get("passes_kwargs_to")
+            if forwarded is not None:  # its **kwargs go to `forwarded`, less the arguments it fills itself
+                forwarded_init = forwarded.__init__
+                inits.append(forwarded_init)
+                filled = set(cls.__dict__.get("fills_arguments", ()))
+                break
     name = _name(target)
     for init in inits:
         try:
             own = inspect.signature(init).parameters
         except (TypeError, ValueError) as err:  # builtins without a signature
-            log.warning("%scannot read the signature of %s (%s); its config keys and values are not checked",
-                        where, name, err)
+            log.warning(
+                "%scannot read the signature of %s (%s); its config keys and values are not checked", where, name, err
+            )
             return hints, parameters, True
         hints = {**type_hints(init, name, where), **hints}
+        if init is forwarded_init:
+            own = {k: p for k, p in own.items() if k not in filled}
         parameters = {**{k: p for k, p in own.items() if p.kind is not p.VAR_KEYWORD}, **parameters}
         if not any(p.kind is p.VAR_KEYWORD for p in own.values()):
             return hints, parameters, False
@@ -95,12 +130,20 @@ def type_hints(function, name: str, where: str = "") -> dict:
     namespace = getattr(inspect.unwrap(function), "__globals__", {})
     for argument, annotation in inspect.get_annotations(function).items():
         try:
-            hints.update(typing.get_type_hints(types.SimpleNamespace(__annotations__={argument: annotation}),
-                                               namespace))
+            hints.update(
+                typing.get_type_hints(types.SimpleNamespace(__annotations__={argument: annotation}), namespace)
+            )
         except Exception as err:
             if argument != "return":
-                log.warning("%sthe annotation of %s argument %s (%r) does not evaluate (%s: %s); its value is not "
-                            "type-checked", where, name, argument, annotation, type(err).__name__, err)
+                log.warning(
+                    "%sthe annotation of %s argument %s (%r) does not evaluate (%s: %s); its value is not type-checked",
+                    where,
+                    name,
+                    argument,
+                    annotation,
+                    type(err).__name__,
+                    err,
+                )
     return hints
 
 

@@ -40,15 +40,25 @@ def cross_validate(cfg: DictConfig) -> dict:
     datamodule = instantiate(cfg.data, features=instantiate(cfg.features))
     datamodule.prepare_data()
     scheme, plan = datamodule.cv_plan(cfg.cv.folds, cfg.cv.scheme)
-    log.info("Cross-validation by %s: %d folds (%s)", scheme, len(plan),
-             ", ".join(f"{name}: {n} test files" for name, n in plan))
+    log.info(
+        "Cross-validation by %s: %d folds (%s)",
+        scheme,
+        len(plan),
+        ", ".join(f"{name}: {n} test files" for name, n in plan),
+    )
 
     rows = []
     for fold, (name, num_test) in enumerate(plan):
         log.info("=== Fold %d/%d: testing on %s ===", fold + 1, len(plan), name)
         metrics = run_fold(cfg, fold, len(plan), scheme, output_dir / f"fold_{fold}")
-        rows.append({"fold": fold, "held_out": name, "test_files": num_test,
-                     **{k: metrics.get(k, float("nan")) for k in SUMMARIZED}})
+        rows.append(
+            {
+                "fold": fold,
+                "held_out": name,
+                "test_files": num_test,
+                **{k: metrics.get(k, float("nan")) for k in SUMMARIZED},
+            }
+        )
 
     summary = {}
     for key in SUMMARIZED:
@@ -57,8 +67,14 @@ def cross_validate(cfg: DictConfig) -> dict:
         summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     write_tables(output_dir, rows, summary)
     write_tensorboard(output_dir / "tensorboard", rows, summary, OmegaConf.to_container(cfg, resolve=True))
-    log.info("Cross-validation (%d folds): test/acc %.4f +- %.4f, test/f1 %.4f +- %.4f", len(rows),
-             summary["test/acc_mean"], summary["test/acc_std"], summary["test/f1_mean"], summary["test/f1_std"])
+    log.info(
+        "Cross-validation (%d folds): test/acc %.4f +- %.4f, test/f1 %.4f +- %.4f",
+        len(rows),
+        summary["test/acc_mean"],
+        summary["test/acc_std"],
+        summary["test/f1_mean"],
+        summary["test/f1_std"],
+    )
     return {**summary, "scheme": scheme, "folds": rows}
 
 
@@ -96,11 +112,20 @@ def write_tables(output_dir: Path, rows: list[dict], summary: dict) -> None:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         writer.writerows(rows + stats)
-    lines = [f"# Cross-validation: {len(rows)} folds", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines = [
+        f"# Cross-validation: {len(rows)} folds",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     lines += ["| " + " | ".join(_cell(row.get(c, "")) for c in columns) + " |" for row in rows]
-    lines += ["| **mean ± std** | | " + str(sum(r["test_files"] for r in rows)) + " | "
-              + " | ".join(f"{summary[f'{k}_mean']:.4f} ± {summary[f'{k}_std']:.4f}" for k in SUMMARIZED) + " |"]
+    lines += [
+        "| **mean ± std** | | "
+        + str(sum(r["test_files"] for r in rows))
+        + " | "
+        + " | ".join(f"{summary[f'{k}_mean']:.4f} ± {summary[f'{k}_std']:.4f}" for k in SUMMARIZED)
+        + " |"
+    ]
     (output_dir / "cv_results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -112,8 +137,9 @@ def write_tensorboard(log_dir: Path, rows: list[dict], summary: dict, config: di
             for key in SUMMARIZED:
                 writer.add_scalar(f"cv/{key}", row[key], global_step=row["fold"])
         writer.add_text("cv/results", (log_dir.parent / "cv_results.md").read_text(encoding="utf-8"))
-        writer.add_hparams(hparams_of(config), {f"hp/cv_{k.replace('/', '_')}": v for k, v in summary.items()},
-                           run_name=".")
+        writer.add_hparams(
+            hparams_of(config), {f"hp/cv_{k.replace('/', '_')}": v for k, v in summary.items()}, run_name="."
+        )
 
 
 def _cell(value) -> str:
@@ -122,7 +148,7 @@ def _cell(value) -> str:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="cv")
 def main(cfg: DictConfig) -> float:
-    return run_task(cross_validate, cfg, resuming=cfg.resume)
+    return run_task(cross_validate, cfg, reuse_dir=cfg.resume)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,9 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from audio_cls import CONF_DIR
+from audio_cls.checkpoints import TRUSTED_MODULES, check_targets, load_model
 from audio_cls.config_checks import check_config
 from audio_cls.errors import ConfigError, DataError
-from audio_cls.module import TRUSTED_MODULES, AudioClassifier, _check_targets
 from audio_cls.runs import instantiate_group, run_task, scalar_metrics
 from audio_cls.train import check_shortest_input
 
@@ -43,7 +43,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     if not ckpt.is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such file")
     try:
-        module = AudioClassifier.from_checkpoint(str(ckpt))
+        module = load_model(ckpt)
     except Exception as err:
         raise ConfigError(f"ckpt_path={cfg.ckpt_path}: not a checkpoint of audio_cls.train ({err})") from None
     if overrides is None:
@@ -53,13 +53,16 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     with open_dict(cfg):
         cfg.data = eval_data_config(cfg, trained, overrides, str(ckpt))
     check_config(cfg)
-    warn_about_changes(trained, OmegaConf.to_container(cfg.data, resolve=True), list(cfg.safe_data_keys),
-                       other_data=_chooses_data(overrides))
+    warn_about_changes(
+        trained,
+        OmegaConf.to_container(cfg.data, resolve=True),
+        list(cfg.safe_data_keys),
+        other_data=_chooses_data(overrides),
+    )
     datamodule = instantiate(cfg.data, features=module.features)
     datamodule.setup("test")
     if datamodule.class_names != module.class_names:
         raise DataError(f"data: classes {datamodule.class_names} differ from the checkpoint's {module.class_names}")
-    module.features.placement = datamodule.features.placement  # what features.placement=auto chose for this data
     try:
         check_shortest_input(module.net, datamodule.min_frames, module.features.num_features)
     except ConfigError as err:
@@ -67,12 +70,16 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     if rank_zero_only.rank == 0:  # what was tested, to compare with the training run's splits.csv
         datamodule.write_split_files(Path(cfg.paths.output_dir))
 
-    trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks),
-                          logger=instantiate_group(cfg.logger))
+    trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks), logger=instantiate_group(cfg.logger))
     trainer.test(module, datamodule=datamodule)
     log.info("Test results per class:\n%s", module.per_class_table())
-    return {**scalar_metrics(trainer.callback_metrics), "ckpt_path": str(ckpt), "class_names": module.class_names,
-            "test/per_class": module.test_per_class, "test/confusion_matrix": module.test_confusion_matrix}
+    return {
+        **scalar_metrics(trainer.callback_metrics),
+        "ckpt_path": str(ckpt),
+        "class_names": module.class_names,
+        "test/per_class": module.test_per_class,
+        "test/confusion_matrix": module.test_confusion_matrix,
+    }
 
 
 def eval_data_config(cfg: DictConfig, trained: dict, overrides: list[str], ckpt: str) -> dict:
@@ -82,7 +89,7 @@ def eval_data_config(cfg: DictConfig, trained: dict, overrides: list[str], ckpt:
         data = OmegaConf.to_container(cfg.data, resolve=False)  # interpolations resolve against cfg later
     else:
         try:  # instantiating calls what `_target_` names: only classes of trusted modules, as for the model
-            _check_targets(trained, "data", ckpt, TRUSTED_MODULES)
+            check_targets(trained, "data", ckpt, TRUSTED_MODULES)
         except ConfigError as err:
             raise ConfigError(f"{err}; or choose the data explicitly with data=NAME") from None
         data = OmegaConf.create(trained)
@@ -91,12 +98,12 @@ def eval_data_config(cfg: DictConfig, trained: dict, overrides: list[str], ckpt:
             if not key.startswith("data."):
                 continue
             if override.is_delete():
-                parent, _, name = key[len("data."):].rpartition(".")
+                parent, _, name = key[len("data.") :].rpartition(".")
                 node = OmegaConf.select(data, parent) if parent else data
                 if isinstance(node, DictConfig) and name in node:
                     del node[name]
             else:
-                OmegaConf.update(data, key[len("data."):], override.value(), merge=False, force_add=True)
+                OmegaConf.update(data, key[len("data.") :], override.value(), merge=False, force_add=True)
         data = OmegaConf.to_container(data, resolve=False)
     rate = trained["sample_rate"]
     if data.get("sample_rate") != rate and any(o.key_or_group == "data.sample_rate" for o in _parse(overrides)):
@@ -109,18 +116,30 @@ def warn_about_changes(trained: dict, data: dict, safe: list[str], other_data: b
     """Log a warning naming every key, outside `safe`, whose value differs from the training run's: the
     test split may now hold other recordings (possibly training ones), or present them differently."""
     if other_data and data.get("_target_") != trained.get("_target_"):
-        log.info("data: testing on %s, not on the %s the checkpoint was trained on", data.get("_target_"),
-                 trained.get("_target_"))
+        log.info(
+            "data: testing on %s, not on the %s the checkpoint was trained on",
+            data.get("_target_"),
+            trained.get("_target_"),
+        )
         return
-    changed = {key: (trained.get(key, "unset"), data.get(key, "unset")) for key in sorted({*trained, *data})
-               if key not in safe and trained.get(key) != data.get(key)}
+    changed = {
+        key: (trained.get(key, "unset"), data.get(key, "unset"))
+        for key in sorted({*trained, *data})
+        if key not in safe and trained.get(key) != data.get(key)
+    }
     if changed:
-        log.warning("The test data differs from the training run's in %s: the test split may now hold other "
-                    "recordings, possibly ones the model was trained on, or present them differently",
-                    ", ".join(f"data.{key}={new!r} (trained with {old!r})" for key, (old, new) in changed.items()))
+        log.warning(
+            "The test data differs from the training run's in %s: the test split may now hold other "
+            "recordings, possibly ones the model was trained on, or present them differently",
+            ", ".join(f"data.{key}={new!r} (trained with {old!r})" for key, (old, new) in changed.items()),
+        )
     if trained.get("root") != data.get("root"):
-        log.info("data.root=%s (trained with %s): the splits are rebuilt there by the same rules; the same files "
-                 "give the same splits", data.get("root"), trained.get("root"))
+        log.info(
+            "data.root=%s (trained with %s): the splits are rebuilt there by the same rules; the same files "
+            "give the same splits",
+            data.get("root"),
+            trained.get("root"),
+        )
 
 
 def _parse(overrides: list[str]) -> list:

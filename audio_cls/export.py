@@ -39,9 +39,8 @@ from torch import nn
 from audio_cls import CONF_DIR
 from audio_cls.errors import ConfigError
 from audio_cls.features import FeatureExtractor
-from audio_cls.inference import Classifier, InferenceGraph, extract
+from audio_cls.inference import Classifier, InferenceGraph, collect_sources, extract
 from audio_cls.module import AudioClassifier
-from audio_cls.predict import collect_sources
 from audio_cls.runs import run_task, write_json
 
 log = logging.getLogger(__name__)
@@ -70,12 +69,11 @@ class BlockMaxPool(nn.Module):
 
 
 def exportable_copy(net: nn.Module, swap_pools: bool) -> nn.Module:
-    """A copy of `net` that the exporters can capture with a dynamic time axis."""
+    """A copy of `net` that the exporters can capture with a dynamic time axis. (The CNNs' Python-side check
+    of the shortest length turns itself off while a graph is captured, see
+    audio_cls.model.layers.host_checks_enabled: inputs shorter than the sidecar's min_length are the caller's
+    to pad, as Classifier does.)"""
     net = copy.deepcopy(net).eval()
-    if hasattr(net, "check_lengths"):
-        # The CNNs check the shortest length in Python (`int(lengths.min())`), which no graph can hold;
-        # inputs shorter than the sidecar's min_length are the caller's to pad, as Classifier does.
-        net.check_lengths = lambda lengths: None
     if swap_pools:
         for name, module in list(net.named_modules()):
             kernel = _block_pool_kernel(module)
@@ -91,10 +89,16 @@ def _block_pool_kernel(module: nn.Module) -> int | None:
     padding or dilation, floor mode), else None."""
     if not isinstance(module, (nn.MaxPool1d, nn.MaxPool2d)) or module.ceil_mode or module.return_indices:
         return None
-    values = {name: set(np.atleast_1d(getattr(module, name)).tolist())
-              for name in ("kernel_size", "stride", "padding", "dilation")}
-    if len(values["kernel_size"]) != 1 or values["stride"] != values["kernel_size"] \
-            or values["padding"] != {0} or values["dilation"] != {1}:
+    values = {
+        name: set(np.atleast_1d(getattr(module, name)).tolist())
+        for name in ("kernel_size", "stride", "padding", "dilation")
+    }
+    if (
+        len(values["kernel_size"]) != 1
+        or values["stride"] != values["kernel_size"]
+        or values["padding"] != {0}
+        or values["dilation"] != {1}
+    ):
         return None
     return values["kernel_size"].pop()
 
@@ -108,8 +112,15 @@ class Exported:
     min_length: int  # shortest time axis (samples inside, frames outside) the graph accepts
 
 
-def export_graph(module: AudioClassifier, fmt: str, path: Path, frontend_inside: bool, exporter: str,
-                 example_samples: int, min_samples: int) -> Exported:
+def export_graph(
+    module: AudioClassifier,
+    fmt: str,
+    path: Path,
+    frontend_inside: bool,
+    exporter: str,
+    example_samples: int,
+    min_samples: int,
+) -> Exported:
     """Export the model (with or without its front end) with one exporter; raises on failure."""
     features = module.features.eval()
     graph = InferenceGraph(features if frontend_inside else None, exportable_copy(module.net, exporter == "dynamo"))
@@ -128,16 +139,36 @@ def export_graph(module: AudioClassifier, fmt: str, path: Path, frontend_inside:
         names = graph.input_names
         if exporter == "dynamo":
             program = torch.onnx.export(
-                graph, inputs, str(path), dynamo=True, external_data=False, verbose=False,
-                input_names=list(names), output_names=list(OUTPUT_NAMES),
-                dynamic_shapes={"inputs": {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},
-                                "lengths": {0: torch.export.Dim.AUTO}})
+                graph,
+                inputs,
+                str(path),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                input_names=list(names),
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes={
+                    "inputs": {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},
+                    "lengths": {0: torch.export.Dim.AUTO},
+                },
+            )
             bound = _exported_min_length(program.exported_program)
             return Exported(path, fmt, "torch.onnx.export(dynamo=True)", frontend_inside, max(python_min, bound))
-        torch.onnx.export(graph, inputs, str(path), dynamo=False, input_names=list(names),
-                          output_names=list(OUTPUT_NAMES), opset_version=17,
-                          dynamic_axes={names[0]: {0: "batch", 1: "time"}, names[1]: {0: "batch"},
-                                        "logits": {0: "batch"}, "probabilities": {0: "batch"}})
+        torch.onnx.export(
+            graph,
+            inputs,
+            str(path),
+            dynamo=False,
+            input_names=list(names),
+            output_names=list(OUTPUT_NAMES),
+            opset_version=17,
+            dynamic_axes={
+                names[0]: {0: "batch", 1: "time"},
+                names[1]: {0: "batch"},
+                "logits": {0: "batch"},
+                "probabilities": {0: "batch"},
+            },
+        )
         return Exported(path, fmt, "torch.onnx.export(dynamo=False)", frontend_inside, python_min)
 
 
@@ -171,8 +202,10 @@ def random_batches(example_samples: int, min_samples: int) -> list[tuple[torch.T
     generator = torch.Generator().manual_seed(0)
     longer = example_samples + example_samples // 3 + 7
     lengths = torch.tensor([longer, max(min_samples, longer // 2), min_samples])
-    return [(torch.randn(3, longer, generator=generator) * 0.1, lengths),
-            (torch.randn(1, min_samples, generator=generator) * 0.3, torch.tensor([min_samples]))]
+    return [
+        (torch.randn(3, longer, generator=generator) * 0.1, lengths),
+        (torch.randn(1, min_samples, generator=generator) * 0.3, torch.tensor([min_samples])),
+    ]
 
 
 def real_batch(classifier: Classifier, spec: str, limit: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,13 +252,22 @@ def attempts(fmt: str, frontend: str) -> list[tuple[bool, str]]:
         raise ConfigError(f"format={fmt!r}: expected one of {', '.join(FORMATS)}")
     if frontend not in FRONTENDS:
         raise ConfigError(f"frontend={frontend!r}: expected one of {', '.join(FRONTENDS)}")
-    order = ([(True, "trace"), (False, "trace")] if fmt == "torchscript"
-             else [(True, "dynamo"), (False, "dynamo"), (False, "legacy")])
+    order = (
+        [(True, "trace"), (False, "trace")]
+        if fmt == "torchscript"
+        else [(True, "dynamo"), (False, "dynamo"), (False, "legacy")]
+    )
     return [a for a in order if frontend == "auto" or a[0] == (frontend == "inside")]
 
 
-def export_checked(classifier: Classifier, fmt: str, output_dir: Path, frontend: str = "auto",
-                   tolerance: float = 1e-4, check_input: str | None = None) -> tuple[Exported, dict, list[str]]:
+def export_checked(
+    classifier: Classifier,
+    fmt: str,
+    output_dir: Path,
+    frontend: str = "auto",
+    tolerance: float = 1e-4,
+    check_input: str | None = None,
+) -> tuple[Exported, dict, list[str]]:
     """Export, check parity, fall back (see `attempts`) until one passes. Returns the export, its parity
     and what the failed attempts said; a ConfigError when none passes."""
     module = classifier.module.cpu().eval()
@@ -260,47 +302,79 @@ def _short(err: BaseException) -> str:
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))  # colour codes
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     if "## Exception summary" in lines[:-1]:
-        lines = lines[lines.index("## Exception summary") + 1:]
+        lines = lines[lines.index("## Exception summary") + 1 :]
     return lines[0][:300] if lines else type(err).__name__
 
 
-def sidecar(classifier: Classifier, exported: Exported, diffs: dict, tolerance: float, failures: list[str],
-            ckpt_path: str) -> dict:
+def sidecar(
+    classifier: Classifier, exported: Exported, diffs: dict, tolerance: float, failures: list[str], ckpt_path: str
+) -> dict:
     config = classifier.module.hparams["config"]
     features = type(classifier.features).__name__
     net = type(classifier.net).__name__
-    inside = [f"{features} front end ({_front_end_parts(classifier.features)})",
-              f"normalization: {classifier.features.normalize}", f"{net} network", "softmax"]
+    inside = [
+        f"{features} front end ({_front_end_parts(classifier.features)})",
+        f"normalization: {classifier.features.normalize}",
+        f"{net} network",
+        "softmax",
+    ]
     if exported.frontend_inside:
-        inputs = {"waveform": "float32 (batch, samples): mono audio at sample_rate, zero-padded to the longest",
-                  "lengths": "int64 (batch,): valid samples of each item"}
+        inputs = {
+            "waveform": "float32 (batch, samples): mono audio at sample_rate, zero-padded to the longest",
+            "lengths": "int64 (batch,): valid samples of each item",
+        }
     else:
-        inputs = {"features": f"float32 (batch, frames, {classifier.features.num_features}): normalized output of "
-                              f"audio_cls.features.{features} with the config below",
-                  "frames": "int64 (batch,): valid frames of each item"}
+        inputs = {
+            "features": f"float32 (batch, frames, {classifier.features.num_features}): normalized output of "
+            f"audio_cls.features.{features} with the config below",
+            "frames": "int64 (batch,): valid frames of each item",
+        }
         inside = inside[2:]
-    window = (f"cut recordings into windows of {classifier.window_s:g} s (the training clip length) every "
-              f"{classifier.hop_s:g} s, zero-pad the last, average the windows' probabilities" if classifier.window else
-              "pass recordings whole (training used whole recordings)")
+    window = (
+        f"cut recordings into windows of {classifier.window_s:g} s (the training clip length) every "
+        f"{classifier.hop_s:g} s, zero-pad the last, average the windows' probabilities"
+        if classifier.window
+        else "pass recordings whole (training used whole recordings)"
+    )
     return {
-        "file": exported.path.name, "format": exported.format, "exporter": exported.exporter,
-        "torch_version": torch.__version__, "checkpoint": str(ckpt_path),
-        "class_names": classifier.class_names, "sample_rate": classifier.sample_rate,
-        "window_s": classifier.window_s, "hop_s": classifier.hop_s, "frontend_inside": exported.frontend_inside,
-        "inputs": inputs, "outputs": {"logits": "float32 (batch, num_classes)",
-                                      "probabilities": "float32 (batch, num_classes): softmax of logits"},
-        "min_length": exported.min_length, "min_length_unit": "samples" if exported.frontend_inside else "frames",
+        "file": exported.path.name,
+        "format": exported.format,
+        "exporter": exported.exporter,
+        "torch_version": torch.__version__,
+        "checkpoint": str(ckpt_path),
+        "class_names": classifier.class_names,
+        "sample_rate": classifier.sample_rate,
+        "window_s": classifier.window_s,
+        "hop_s": classifier.hop_s,
+        "frontend_inside": exported.frontend_inside,
+        "inputs": inputs,
+        "outputs": {
+            "logits": "float32 (batch, num_classes)",
+            "probabilities": "float32 (batch, num_classes): softmax of logits",
+        },
+        "min_length": exported.min_length,
+        "min_length_unit": "samples" if exported.frontend_inside else "frames",
         "inside_graph": inside,
-        "outside_graph": ["decoding, mixing to mono", f"resampling to {classifier.sample_rate} Hz", window,
-                          *([] if exported.frontend_inside else [f"the {features} front end"])],
-        "features": config["features"], "model": config["model"],
-        "parity": {"max_abs_diff": diffs, "tolerance": tolerance}, "failed_attempts": failures,
+        "outside_graph": [
+            "decoding, mixing to mono",
+            f"resampling to {classifier.sample_rate} Hz",
+            window,
+            *([] if exported.frontend_inside else [f"the {features} front end"]),
+        ],
+        "features": config["features"],
+        "model": config["model"],
+        "parity": {"max_abs_diff": diffs, "tolerance": tolerance},
+        "failed_attempts": failures,
     }
 
 
 def _front_end_parts(features: FeatureExtractor) -> str:
-    return {"LogMel": "STFT, mel filterbank, dB", "MFCC": "STFT, mel filterbank, log, DCT",
-            "Spectrogram": "STFT, power, dB", "RawWaveform": "framing"}.get(type(features).__name__, "compute")
+    return {
+        "LogMel": "STFT, mel filterbank, dB",
+        "MFCC": "STFT, mel filterbank, log, DCT",
+        "Spectrogram": "STFT, power, dB",
+        "RawWaveform": "framing",
+    }.get(type(features).__name__, "compute")
 
 
 def require_onnx() -> None:
@@ -324,24 +398,38 @@ def export(cfg: DictConfig) -> dict:
     classifier = Classifier.from_checkpoint(cfg.ckpt_path)
     if cfg.check_input and not Path(cfg.check_input).exists():
         raise ConfigError(f"check_input={cfg.check_input}: no such file or directory")
-    exported, diffs, failures = export_checked(classifier, cfg.format, output_dir, cfg.frontend,
-                                               float(cfg.tolerance), cfg.check_input)
+    exported, diffs, failures = export_checked(
+        classifier, cfg.format, output_dir, cfg.frontend, float(cfg.tolerance), cfg.check_input
+    )
     info = sidecar(classifier, exported, diffs, float(cfg.tolerance), failures, cfg.ckpt_path)
     write_json(output_dir / "model.json", info)
-    log.info("Exported %s (%s; %s) to %s; parity max abs diff %s", exported.format, exported.exporter,
-             "front end inside" if exported.frontend_inside else "network alone", exported.path, diffs)
-    print(f"{exported.path} ({exported.exporter}; inside the graph: {', '.join(info['inside_graph'])})\n"
-          f"parity with PyTorch, max abs difference: " +
-          ", ".join(f"{kind} {d['probabilities']:.2e} (probabilities) {d['logits']:.2e} (logits)"
-                    for kind, d in diffs.items()))
-    return {"model": str(exported.path), "sidecar": str(output_dir / "model.json"), "exporter": exported.exporter,
-            "frontend_inside": exported.frontend_inside,
-            **{f"parity/{kind}/{name}": value for kind, d in diffs.items() for name, value in d.items()}}
+    log.info(
+        "Exported %s (%s; %s) to %s; parity max abs diff %s",
+        exported.format,
+        exported.exporter,
+        "front end inside" if exported.frontend_inside else "network alone",
+        exported.path,
+        diffs,
+    )
+    print(
+        f"{exported.path} ({exported.exporter}; inside the graph: {', '.join(info['inside_graph'])})\n"
+        f"parity with PyTorch, max abs difference: "
+        + ", ".join(
+            f"{kind} {d['probabilities']:.2e} (probabilities) {d['logits']:.2e} (logits)" for kind, d in diffs.items()
+        )
+    )
+    return {
+        "model": str(exported.path),
+        "sidecar": str(output_dir / "model.json"),
+        "exporter": exported.exporter,
+        "frontend_inside": exported.frontend_inside,
+        **{f"parity/{kind}/{name}": value for kind, d in diffs.items() for name, value in d.items()},
+    }
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
-    run_task(export, cfg, resuming=cfg.overwrite, outputs=(*FORMATS.values(), "model.json"))
+    run_task(export, cfg, reuse_dir=cfg.overwrite, outputs=(*FORMATS.values(), "model.json"))
 
 
 if __name__ == "__main__":

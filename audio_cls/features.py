@@ -10,26 +10,24 @@ Normalization is part of the extractor, so it travels with the checkpoint:
   utterance  per recording, per feature: zero mean, unit variance over its valid frames
   global     per feature, with mean and std measured on the training set (`GlobalNorm.fit`)
 
-Where features are computed (`placement`), one switch for the whole pipeline:
-  auto       the datamodule picks one of the three below at start-up and logs it (AudioDataModule.setup)
-  worker     per recording in the DataLoader workers, on the CPU
-  device     batched on the accelerator, in AudioClassifier.on_after_batch_transfer
-  cache      once, stored on disk and reused until the extractor or the files change (AudioDataModule)
+An extractor is a plain nn.Module: where it runs (DataLoader workers, the accelerator, once into a
+cache) is the data pipeline's choice (`data.placement`, audio_cls/data/base.py), and training-time
+augmentation of its output is `audio_cls.augment.SpecAugment`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
+import torchaudio.functional as F
 import torchaudio.transforms as T
 from torch import nn
 
 from audio_cls.errors import ConfigError
 
 NORMALIZATIONS = ("none", "utterance", "global")
-PLACEMENTS = ("auto", "worker", "device", "cache")
 
 
 def frame_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
@@ -91,55 +89,26 @@ class GlobalNorm(nn.Module):
         return (x - self.mean) / self.std * mask
 
 
-class SpecAugment(nn.Module):
-    """Feature-domain augmentation for training (SpecAugment's masking): `num_masks` frequency bands of
-    up to `freq_mask` features and time spans of up to `time_mask` frames are set to zero (the mean,
-    after normalization), drawn independently for every recording (torchaudio's masking transforms).
-
-    (batch, frames, feat), lengths (batch,) -> same shape; padding stays zero. Time masks are drawn over
-    the padded width (as torchaudio does), so a short item in a padded batch can have a mask fall in its
-    padding and be masked less than a long one.
-    """
-
-    def __init__(self, freq_mask: int = 0, time_mask: int = 0, num_masks: int = 1):
-        super().__init__()
-        self.num_masks = num_masks
-        self.freq = T.FrequencyMasking(freq_mask, iid_masks=True) if freq_mask else None
-        self.time = T.TimeMasking(time_mask, iid_masks=True) if time_mask else None
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        spec = x.transpose(1, 2).unsqueeze(1)  # torchaudio masks (batch, channel, freq, time)
-        for _ in range(self.num_masks):
-            if self.freq is not None:
-                spec = self.freq(spec)
-            if self.time is not None:
-                spec = self.time(spec)
-        return spec.squeeze(1).transpose(1, 2) * frame_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
+def make_norm(normalize: str, num_features: int) -> nn.Module | None:
+    """The normalization module of `normalize` (none | utterance | global) for `num_features` features."""
+    return {"none": None, "utterance": UtteranceNorm(), "global": GlobalNorm(num_features)}[normalize]
 
 
 class FeatureExtractor(nn.Module):
     """Base class: subclasses define `num_features`, `num_frames` and `compute` (no normalization).
 
-    Every extractor also takes `normalize` (none | utterance | global), `placement`
-    (worker | device | cache), described at the top of this module, and `spec_augment` (keyword
-    arguments of SpecAugment, or null): feature-domain augmentation that `augment` applies to
-    training batches after extraction and normalization, in every placement.
+    Every extractor also takes `normalize` (none | utterance | global), described at the top of this module.
     """
 
     num_features: int
 
-    def __init__(self, num_features: int, normalize: str = "none", placement: str = "worker",
-                 spec_augment: dict | None = None):
+    def __init__(self, num_features: int, normalize: str = "none"):
         super().__init__()
         if normalize not in NORMALIZATIONS:
             raise ConfigError(f"features.normalize={normalize!r}: expected one of {', '.join(NORMALIZATIONS)}")
-        if placement not in PLACEMENTS:
-            raise ConfigError(f"features.placement={placement!r}: expected one of {', '.join(PLACEMENTS)}")
         self.num_features = num_features
         self.normalize = normalize
-        self.placement = placement
-        self.norm = {"none": None, "utterance": UtteranceNorm(), "global": GlobalNorm(num_features)}[normalize]
-        self.spec_augment = SpecAugment(**spec_augment) if spec_augment else None
+        self.norm = make_norm(normalize, num_features)
 
     def num_frames(self, num_samples: torch.Tensor | int) -> torch.Tensor | int:
         raise NotImplementedError
@@ -169,14 +138,6 @@ class FeatureExtractor(nn.Module):
         if frames is None:
             frames = torch.full((x.shape[0],), x.shape[1], device=x.device)
         return self.norm(x, frames)
-
-    def augment(self, x: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
-        """Training-time augmentation of normalized features (batch, frames, feat); identity when off."""
-        if self.spec_augment is None:
-            return x
-        if frames is None:
-            frames = torch.full((x.shape[0],), x.shape[1], device=x.device)
-        return self.spec_augment(x, frames)
 
     def fingerprint(self, sample_rate: int) -> str:
         """A hash of what this extractor computes (before normalization): its class and its output on
@@ -228,12 +189,20 @@ class RawWaveform(FeatureExtractor):
 class Spectrogram(_StftFrames):
     """|STFT|^power in dB (log=True) or linear: (…, frames, n_fft // 2 + 1)."""
 
-    def __init__(self, n_fft: int = 256, win_length: int | None = None, hop_length: int | None = None,
-                 power: float = 2.0, log: bool = True, **common):
+    def __init__(
+        self,
+        n_fft: int = 256,
+        win_length: int | None = None,
+        hop_length: int | None = None,
+        power: float = 2.0,
+        log: bool = True,
+        **common,
+    ):
         hop_length = hop_length or (win_length or n_fft) // 2
         super().__init__(n_fft // 2 + 1, hop_length, **common)
-        self.spectrogram = T.Spectrogram(n_fft=n_fft, win_length=win_length, hop_length=hop_length, power=power,
-                                         pad_mode="constant")
+        self.spectrogram = T.Spectrogram(
+            n_fft=n_fft, win_length=win_length, hop_length=hop_length, power=power, pad_mode="constant"
+        )
         # top_db=None: clamping relative to a batch maximum would make a clip's features depend on its batch.
         self.to_db = T.AmplitudeToDB(stype="power" if power == 2.0 else "magnitude", top_db=None) if log else None
 
@@ -247,32 +216,57 @@ class Spectrogram(_StftFrames):
 class LogMel(_StftFrames):
     """Log-mel spectrogram in dB: (…, frames, n_mels)."""
 
-    def __init__(self, sample_rate: int, n_fft: int = 256, win_length: int | None = None,
-                 hop_length: int | None = None, n_mels: int = 64, f_min: float = 0.0,
-                 f_max: float | None = None, **common):
+    def __init__(
+        self,
+        sample_rate: int,
+        n_fft: int = 256,
+        win_length: int | None = None,
+        hop_length: int | None = None,
+        n_mels: int = 64,
+        f_min: float = 0.0,
+        f_max: float | None = None,
+        **common,
+    ):
         hop_length = hop_length or (win_length or n_fft) // 2
         super().__init__(n_mels, hop_length, **common)
-        self.mel = T.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, win_length=win_length,
-                                    hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max,
-                                    pad_mode="constant")
+        self.mel = T.MelSpectrogram(
+            sample_rate=sample_rate,
+            n_fft=n_fft,
+            win_length=win_length,
+            hop_length=hop_length,
+            n_mels=n_mels,
+            f_min=f_min,
+            f_max=f_max,
+            pad_mode="constant",
+        )
         self.to_db = T.AmplitudeToDB(stype="power", top_db=None)
 
     def compute(self, waveform):
         return self.to_db(self.mel(waveform)).transpose(-1, -2)
 
 
-class MFCC(_StftFrames):
-    """Mel-frequency cepstral coefficients: (…, frames, n_mfcc)."""
+class MFCC(LogMel):
+    """Mel-frequency cepstral coefficients: (…, frames, n_mfcc); the mel settings are LogMel's.
 
-    def __init__(self, sample_rate: int, n_mfcc: int = 20, n_fft: int = 256, win_length: int | None = None,
-                 hop_length: int | None = None, n_mels: int = 64, f_min: float = 0.0,
-                 f_max: float | None = None, **common):
-        hop_length = hop_length or (win_length or n_fft) // 2
-        super().__init__(n_mfcc, hop_length, **common)
-        melkwargs = dict(n_fft=n_fft, win_length=win_length, hop_length=hop_length,
-                         n_mels=n_mels, f_min=f_min, f_max=f_max, pad_mode="constant")
-        # log_mels=True: log(mel + 1e-6) per value, independent of the rest of the batch.
-        self.mfcc = T.MFCC(sample_rate=sample_rate, n_mfcc=n_mfcc, log_mels=True, melkwargs=melkwargs)
+    As torchaudio's MFCC(log_mels=True) computes them: log(mel + 1e-6), per value and so independent of the
+    rest of the batch, then an orthonormal DCT-II over the mel bands.
+    """
+
+    def __init__(self, sample_rate: int, n_mfcc: int = 20, **log_mel):
+        super().__init__(sample_rate, **log_mel)
+        if n_mfcc > self.mel.n_mels:
+            raise ConfigError(f"features.n_mfcc={n_mfcc}: more coefficients than mel bands (n_mels={self.mel.n_mels})")
+        del self.to_db
+        self.num_features = n_mfcc
+        self.norm = make_norm(self.normalize, n_mfcc)  # of the coefficients, not of the mel bands
+        self.register_buffer("dct_mat", F.create_dct(n_mfcc, self.mel.n_mels, "ortho"))
 
     def compute(self, waveform):
-        return self.mfcc(waveform).transpose(-1, -2)
+        return torch.log(self.mel(waveform) + 1e-6).transpose(-1, -2) @ self.dct_mat
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before MFCC shared LogMel's front end held torchaudio's MFCC as `mfcc`.
+        for old, new in (("mfcc.MelSpectrogram.", "mel."), ("mfcc.dct_mat", "dct_mat")):
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old) :]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -11,6 +11,7 @@ at the end as training pads (`crop_or_pad`); the padding counts as signal, as it
 
 from __future__ import annotations
 
+import csv
 import logging
 import math
 from dataclasses import dataclass, field
@@ -21,12 +22,17 @@ import torch
 import torchaudio
 from torch import nn
 
-from audio_cls.audio import audio_info, load_audio
+from audio_cls.audio import AUDIO_EXTENSIONS, audio_files, audio_info, load_audio
+from audio_cls.checkpoints import load_model
+from audio_cls.data.manifest import parse_segment
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.features import FeatureExtractor
 from audio_cls.module import AudioClassifier
 
 log = logging.getLogger(__name__)
+
+# What Classifier.predict and .load take: a file's path, or a 1-D waveform.
+AudioInput = str | Path | torch.Tensor | np.ndarray
 
 AGGREGATES = ("mean", "max")
 
@@ -34,8 +40,8 @@ AGGREGATES = ("mean", "max")
 @dataclass
 class WindowPrediction:
     start_s: float
-    end_s: float              # where the window ends, padding included
-    padded: bool              # it reaches past the end of the recording
+    end_s: float  # where the window ends, padding included
+    padded: bool  # it reaches past the end of the recording
     probabilities: list[float]  # one per class
 
 
@@ -44,12 +50,12 @@ class Prediction:
     """The result for one recording. `scores` holds every class's aggregate probability (they sum to 1
     with aggregate="mean"; with "max" each is that class's highest window probability)."""
 
-    labels: list[str]           # top-k, best first
+    labels: list[str]  # top-k, best first
     probabilities: list[float]  # their scores
-    scores: list[float]         # one per class, in `class_names` order
+    scores: list[float]  # one per class, in `class_names` order
     duration_s: float
     num_windows: int
-    padded: bool                # shorter than one window (or than the network accepts): zero-padded
+    padded: bool  # shorter than one window (or than the network accepts): zero-padded
     notes: list[str] = field(default_factory=list)
     windows: list[WindowPrediction] | None = None
 
@@ -62,8 +68,9 @@ class Prediction:
         return self.probabilities[0]
 
 
-def extract(features: FeatureExtractor, waveforms: torch.Tensor, lengths: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor]:
+def extract(
+    features: FeatureExtractor, waveforms: torch.Tensor, lengths: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Padded waveforms (batch, samples) and lengths in samples -> features (batch, frames, feat) and
     each item's valid frames (batch,)."""
     x = features(waveforms, lengths)
@@ -91,11 +98,11 @@ class InferenceGraph(nn.Module):
 
 
 def minimum_samples(features: FeatureExtractor, net: torch.nn.Module, limit: int = 1 << 24) -> int:
-    """The fewest samples the network accepts: a CNN's convolutions and pooling need a few frames."""
-    frames = 1
-    if hasattr(net, "block_lengths"):  # CNNs compute their length after every block
-        while min(net.block_lengths(frames)) < 1:
-            frames += 1
+    """The fewest samples the network accepts: those giving `min_input_frames(net)` frames (the network
+    protocol, audio_cls/model/layers.py: a CNN's convolutions and pooling need a few frames, others take 1)."""
+    from audio_cls.model.layers import min_input_frames
+
+    frames = min_input_frames(net)
     low, high = 1, 1
     while features.num_frames(high) < frames:
         high *= 2
@@ -111,7 +118,7 @@ class Classifier:
     """A trained network with its front end, in eval mode, for inference on any device.
 
     Args:
-        module: an AudioClassifier (e.g. `AudioClassifier.from_checkpoint(path)`).
+        module: an AudioClassifier (e.g. `audio_cls.checkpoints.load_model(path)`).
         window: seconds per window; None: the training clip length (`data.duration`), or whole files when
             training used whole recordings; "whole": whole files.
         hop: seconds between window starts; None: half a window.
@@ -121,12 +128,22 @@ class Classifier:
         device: "cpu", "cuda", "cuda:1", ...; "auto" picks a GPU when there is one.
     """
 
-    def __init__(self, module: AudioClassifier, window: float | str | None = None, hop: float | None = None,
-                 aggregate: str = "mean", top_k: int = 3, batch_size: int = 32, device: str = "cpu"):
+    def __init__(
+        self,
+        module: AudioClassifier,
+        window: float | str | None = None,
+        hop: float | None = None,
+        aggregate: str = "mean",
+        top_k: int = 3,
+        batch_size: int = 32,
+        device: str = "cpu",
+    ):
         config = module.hparams.get("config") or {}
         if not (config.get("data") or {}).get("sample_rate") or module.features is None:
-            raise ConfigError("Classifier needs an AudioClassifier with its feature extractor and the training "
-                              "config (data.sample_rate), as audio_cls.train saves them")
+            raise ConfigError(
+                "Classifier needs an AudioClassifier with its feature extractor and the training "
+                "config (data.sample_rate), as audio_cls.train saves them"
+            )
         self.sample_rate = int(config["data"]["sample_rate"])
         self.class_names = list(module.class_names)
         if device == "auto":
@@ -152,10 +169,10 @@ class Classifier:
         self.window, self.hop = self._window_and_hop(window, hop, config["data"].get("duration"))
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "cpu", **settings) -> "Classifier":
+    def from_checkpoint(cls, path: str | Path, device: str = "cpu", **settings) -> Classifier:
         """Everything comes from the checkpoint (classes, rate, front end and its statistics, network);
         `settings` are the other arguments of Classifier."""
-        return cls(AudioClassifier.from_checkpoint(str(path)), device=device, **settings)
+        return cls(load_model(path), device=device, **settings)
 
     def _window_and_hop(self, window, hop, trained_duration) -> tuple[int | None, int | None]:
         """Window and hop in samples; (None, None) for whole files."""
@@ -171,8 +188,10 @@ class Classifier:
             return None, None
         samples = round(window * self.sample_rate)
         if samples < self.min_samples:
-            raise ConfigError(f"window={window}: {samples} samples, but the network needs at least "
-                              f"{self.min_samples} ({self.min_samples / self.sample_rate:.3f} s)")
+            raise ConfigError(
+                f"window={window}: {samples} samples, but the network needs at least "
+                f"{self.min_samples} ({self.min_samples / self.sample_rate:.3f} s)"
+            )
         if hop is not None and not hop > 0:
             raise ConfigError(f"hop={hop}: must be positive seconds")
         hop_samples = max(1, round(hop * self.sample_rate)) if hop is not None else max(1, samples // 2)
@@ -197,8 +216,15 @@ class Classifier:
         return self.graph(waveforms, lengths.to(self.device))[1].float().cpu()
 
     # --- one recording -------------------------------------------------------------------------------
-    def predict(self, x: str | Path | torch.Tensor | np.ndarray, sample_rate: int | None = None, *,
-                start: float | None = None, end: float | None = None, windows: bool = False) -> Prediction:
+    def predict(
+        self,
+        x: AudioInput,
+        sample_rate: int | None = None,
+        *,
+        start: float | None = None,
+        end: float | None = None,
+        windows: bool = False,
+    ) -> Prediction:
         """Label a file (optionally its segment from `start` to `end` seconds) or a 1-D waveform.
 
         A waveform is taken at `sample_rate` (default: the model's rate) and resampled if that differs.
@@ -207,8 +233,9 @@ class Classifier:
         wave, notes = self.load(x, sample_rate, start=start, end=end)
         return self.predict_waveform(wave, windows=windows, notes=notes)
 
-    def load(self, x: str | Path | torch.Tensor | np.ndarray, sample_rate: int | None = None, *,
-             start: float | None = None, end: float | None = None) -> tuple[torch.Tensor, list[str]]:
+    def load(
+        self, x: AudioInput, sample_rate: int | None = None, *, start: float | None = None, end: float | None = None
+    ) -> tuple[torch.Tensor, list[str]]:
         """A file, segment or waveform as a mono waveform (samples,) at the model's rate, with notes on
         what was done to it (resampled, channels averaged)."""
         notes: list[str] = []
@@ -232,8 +259,9 @@ class Classifier:
     def _waveform(self, x, sample_rate: int | None, notes: list[str]) -> torch.Tensor:
         wave = torch.as_tensor(x).detach().float().cpu()
         if wave.dim() != 1:
-            raise DataError(f"waveform of shape {tuple(wave.shape)}: expected one channel, (samples,); "
-                            f"average the channels first")
+            raise DataError(
+                f"waveform of shape {tuple(wave.shape)}: expected one channel, (samples,); average the channels first"
+            )
         if wave.numel() == 0:
             raise DataError("waveform: empty (0 samples)")
         if not torch.isfinite(wave).all():
@@ -244,8 +272,7 @@ class Classifier:
             wave = torchaudio.functional.resample(wave, int(sample_rate), self.sample_rate)
         return wave
 
-    def predict_waveform(self, wave: torch.Tensor, windows: bool = False,
-                         notes: list[str] | None = None) -> Prediction:
+    def predict_waveform(self, wave: torch.Tensor, windows: bool = False, notes: list[str] | None = None) -> Prediction:
         """Label a mono waveform (samples,) already at the model's rate."""
         notes = list(notes or [])
         n = wave.numel()
@@ -256,17 +283,28 @@ class Classifier:
             size = self.window
         padded = n < size
         if padded:
-            notes.append(f"shorter than {'a window' if self.window else 'the network accepts'} "
-                         f"({n / self.sample_rate:.3f} s < {size / self.sample_rate:.3f} s): zero-padded")
+            notes.append(
+                f"shorter than {'a window' if self.window else 'the network accepts'} "
+                f"({n / self.sample_rate:.3f} s < {size / self.sample_rate:.3f} s): zero-padded"
+            )
         probs = torch.cat([self.probabilities(chunk) for chunk in batch.split(self.batch_size)])
         scores = probs.mean(0) if self.aggregate == "mean" else probs.amax(0)
         top = scores.topk(self.top_k)
         return Prediction(
-            labels=[self.class_names[i] for i in top.indices.tolist()], probabilities=top.values.tolist(),
-            scores=scores.tolist(), duration_s=n / self.sample_rate, num_windows=len(starts), padded=padded,
+            labels=[self.class_names[i] for i in top.indices.tolist()],
+            probabilities=top.values.tolist(),
+            scores=scores.tolist(),
+            duration_s=n / self.sample_rate,
+            num_windows=len(starts),
+            padded=padded,
             notes=notes,
-            windows=[WindowPrediction(s / self.sample_rate, (s + size) / self.sample_rate, s + size > n, p.tolist())
-                     for s, p in zip(starts, probs)] if windows else None)
+            windows=[
+                WindowPrediction(s / self.sample_rate, (s + size) / self.sample_rate, s + size > n, p.tolist())
+                for s, p in zip(starts, probs)
+            ]
+            if windows
+            else None,
+        )
 
     def _windows(self, wave: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """(count, window) windows `hop` apart covering the whole recording; the last one is zero-padded."""
@@ -278,3 +316,54 @@ class Classifier:
     @staticmethod
     def _pad(wave: torch.Tensor, length: int) -> torch.Tensor:
         return torch.nn.functional.pad(wave, (0, length - wave.numel())) if wave.numel() < length else wave
+
+
+# What to label: the `input` of `audio_cls.predict` and the `check_input` of `audio_cls.export`.
+
+
+@dataclass(frozen=True)
+class Source:
+    """One recording (or segment) to label."""
+
+    path: Path
+    start: float | None = None
+    end: float | None = None
+    label: str | None = None  # the true label, when a manifest gives one
+
+
+def collect_sources(spec: str) -> list[Source]:
+    """The recordings named by `input`: a file, a folder (recursive) or a CSV manifest."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = audio_files(path)
+        if not files:
+            raise DataError(f"input={spec}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in it or below")
+        return [Source(p) for p in files]
+    if path.suffix.lower() == ".csv" and path.is_file():
+        return read_manifest(path)
+    if not path.exists():
+        raise ConfigError(f"input={spec}: no such file or directory")
+    return [Source(path)]  # any other file: soundfile decides whether it can read it
+
+
+def read_manifest(manifest: Path) -> list[Source]:
+    with manifest.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: spreadsheets write a BOM
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        if "path" not in columns:
+            raise ConfigError(f"input={manifest}: a manifest needs a `path` column (header: {','.join(columns)})")
+        reader.fieldnames = columns
+        sources = []
+        for line, row in enumerate(reader, start=2):
+            where = f"{manifest} line {line}"
+            values = {k: (v or "").strip() for k, v in row.items() if k is not None}
+            if not values["path"]:
+                raise DataError(f"{where}: empty path")
+            path = Path(values["path"]).expanduser()
+            start, end = parse_segment(values, where)
+            sources.append(
+                Source(path if path.is_absolute() else manifest.parent / path, start, end, values.get("label") or None)
+            )
+    if not sources:
+        raise DataError(f"input={manifest}: the manifest lists no recordings")
+    return sources

@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import logging
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import hydra
@@ -27,10 +27,8 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from audio_cls import CONF_DIR
-from audio_cls.audio import AUDIO_EXTENSIONS, audio_files
-from audio_cls.data.manifest import parse_segment
-from audio_cls.errors import ConfigError, DataError
-from audio_cls.inference import Classifier, Prediction
+from audio_cls.errors import DataError
+from audio_cls.inference import Classifier, Prediction, Source, collect_sources
 from audio_cls.runs import run_task, write_json
 
 log = logging.getLogger(__name__)
@@ -41,57 +39,17 @@ OUTPUTS = ("predictions.csv", "predictions.json", "windows.csv")
 TABLE_ROWS = 20  # rows printed; the files hold all of them
 
 
-@dataclass(frozen=True)
-class Source:
-    """One recording (or segment) to label."""
-
-    path: Path
-    start: float | None = None
-    end: float | None = None
-    label: str | None = None  # the true label, when a manifest gives one
-
-
-def collect_sources(spec: str) -> list[Source]:
-    """The recordings named by `input`: a file, a folder (recursive) or a CSV manifest."""
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        files = audio_files(path)
-        if not files:
-            raise DataError(f"input={spec}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in it or below")
-        return [Source(p) for p in files]
-    if path.suffix.lower() == ".csv" and path.is_file():
-        return read_manifest(path)
-    if not path.exists():
-        raise ConfigError(f"input={spec}: no such file or directory")
-    return [Source(path)]  # any other file: soundfile decides whether it can read it
-
-
-def read_manifest(manifest: Path) -> list[Source]:
-    with manifest.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: spreadsheets write a BOM
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        if "path" not in columns:
-            raise ConfigError(f"input={manifest}: a manifest needs a `path` column (header: {','.join(columns)})")
-        reader.fieldnames = columns
-        sources = []
-        for line, row in enumerate(reader, start=2):
-            where = f"{manifest} line {line}"
-            values = {k: (v or "").strip() for k, v in row.items() if k is not None}
-            if not values["path"]:
-                raise DataError(f"{where}: empty path")
-            path = Path(values["path"]).expanduser()
-            start, end = parse_segment(values, where)
-            sources.append(Source(path if path.is_absolute() else manifest.parent / path, start, end,
-                                  values.get("label") or None))
-    if not sources:
-        raise DataError(f"input={manifest}: the manifest lists no recordings")
-    return sources
-
-
 def predict(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
-    classifier = Classifier.from_checkpoint(cfg.ckpt_path, device=cfg.device, window=cfg.window, hop=cfg.hop,
-                                            aggregate=cfg.aggregate, top_k=cfg.top_k, batch_size=cfg.batch_size)
+    classifier = Classifier.from_checkpoint(
+        cfg.ckpt_path,
+        device=cfg.device,
+        window=cfg.window,
+        hop=cfg.hop,
+        aggregate=cfg.aggregate,
+        top_k=cfg.top_k,
+        batch_size=cfg.batch_size,
+    )
     sources = collect_sources(str(cfg.input))
     spec = Path(str(cfg.input)).expanduser()
     one_file = len(sources) == 1 and not spec.is_dir() and spec.suffix.lower() != ".csv"
@@ -100,8 +58,13 @@ def predict(cfg: DictConfig) -> dict:
     results: list[tuple[Source, Prediction | None, str | None]] = []
     for source in tqdm(sources, desc="predict", unit="file", disable=None if cfg.progress else True):
         try:
-            results.append((source, classifier.predict(source.path, start=source.start, end=source.end,
-                                                       windows=cfg.save_windows), None))
+            results.append(
+                (
+                    source,
+                    classifier.predict(source.path, start=source.start, end=source.end, windows=cfg.save_windows),
+                    None,
+                )
+            )
         except DataError as err:
             if one_file:
                 raise  # a single file that cannot be read is the run's error
@@ -121,8 +84,10 @@ def predict(cfg: DictConfig) -> dict:
 def describe(classifier: Classifier) -> str:
     if classifier.window is None:
         return "whole recordings"
-    return (f"windows of {classifier.window_s:g} s every {classifier.hop_s:g} s, "
-            f"{classifier.aggregate} of their probabilities")
+    return (
+        f"windows of {classifier.window_s:g} s every {classifier.hop_s:g} s, "
+        f"{classifier.aggregate} of their probabilities"
+    )
 
 
 def write_outputs(output_dir: Path, classifier: Classifier, results: list, cfg: DictConfig) -> dict:
@@ -130,16 +95,29 @@ def write_outputs(output_dir: Path, classifier: Classifier, results: list, cfg: 
     k = classifier.top_k
     segments = any(s.start is not None or s.end is not None for s, _, _ in results)
     labelled = any(s.label is not None for s, _, _ in results)
-    header = ["path", *(["start_s", "end_s"] if segments else []), *(["true_label"] if labelled else []), "status",
-              *[f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "probability")],
-              "duration_s", "windows", "padded", "notes", "error"]
+    header = [
+        "path",
+        *(["start_s", "end_s"] if segments else []),
+        *(["true_label"] if labelled else []),
+        "status",
+        *[f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "probability")],
+        "duration_s",
+        "windows",
+        "padded",
+        "notes",
+        "error",
+    ]
     files = []
     with (output_dir / "predictions.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(header)
         for source, pred, error in results:
-            row = [str(source.path), *([_blank(source.start), _blank(source.end)] if segments else []),
-                   *([source.label or ""] if labelled else []), "ok" if pred else "error"]
+            row = [
+                str(source.path),
+                *([_blank(source.start), _blank(source.end)] if segments else []),
+                *([source.label or ""] if labelled else []),
+                "ok" if pred else "error",
+            ]
             if pred:
                 for label, prob in zip(pred.labels, pred.probabilities):
                     row += [label, f"{prob:.6f}"]
@@ -149,20 +127,40 @@ def write_outputs(output_dir: Path, classifier: Classifier, results: list, cfg: 
             writer.writerow(row)
             files.append(_json_entry(source, pred, error, classifier.class_names))
 
-    write_json(output_dir / "predictions.json", {
-        "checkpoint": str(cfg.ckpt_path), "input": str(cfg.input), "class_names": classifier.class_names,
-        "sample_rate": classifier.sample_rate, "window_s": classifier.window_s, "hop_s": classifier.hop_s,
-        "aggregate": classifier.aggregate, "top_k": k, "files": files})
-    written = {"predictions_csv": str(output_dir / "predictions.csv"),
-               "predictions_json": str(output_dir / "predictions.json")}
+    write_json(
+        output_dir / "predictions.json",
+        {
+            "checkpoint": str(cfg.ckpt_path),
+            "input": str(cfg.input),
+            "class_names": classifier.class_names,
+            "sample_rate": classifier.sample_rate,
+            "window_s": classifier.window_s,
+            "hop_s": classifier.hop_s,
+            "aggregate": classifier.aggregate,
+            "top_k": k,
+            "files": files,
+        },
+    )
+    written = {
+        "predictions_csv": str(output_dir / "predictions.csv"),
+        "predictions_json": str(output_dir / "predictions.json"),
+    }
     if cfg.save_windows:
         with (output_dir / "windows.csv").open("w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "window", "start_s", "end_s", "padded", *classifier.class_names])
             for source, pred, _ in results:
                 for i, w in enumerate(pred.windows if pred else []):
-                    writer.writerow([str(source.path), i, f"{w.start_s:.3f}", f"{w.end_s:.3f}", w.padded,
-                                     *(f"{p:.6f}" for p in w.probabilities)])
+                    writer.writerow(
+                        [
+                            str(source.path),
+                            i,
+                            f"{w.start_s:.3f}",
+                            f"{w.end_s:.3f}",
+                            w.padded,
+                            *(f"{p:.6f}" for p in w.probabilities),
+                        ]
+                    )
         written["windows_csv"] = str(output_dir / "windows.csv")
     else:
         (output_dir / "windows.csv").unlink(missing_ok=True)  # an earlier run's (overwrite=true)
@@ -179,9 +177,15 @@ def _json_entry(source: Source, pred: Prediction | None, error: str | None, clas
         entry["true_label"] = source.label
     if pred is None:
         return {**entry, "status": "error", "error": error}
-    entry.update(status="ok", top=[{"label": l, "probability": p} for l, p in zip(pred.labels, pred.probabilities)],
-                 probabilities=dict(zip(class_names, pred.scores)), duration_s=pred.duration_s,
-                 windows=pred.num_windows, padded=pred.padded, notes=pred.notes)
+    entry.update(
+        status="ok",
+        top=[{"label": label, "probability": p} for label, p in zip(pred.labels, pred.probabilities)],
+        probabilities=dict(zip(class_names, pred.scores)),
+        duration_s=pred.duration_s,
+        windows=pred.num_windows,
+        padded=pred.padded,
+        notes=pred.notes,
+    )
     if pred.windows is not None:
         entry["window_predictions"] = [asdict(w) for w in pred.windows]
     return entry
@@ -197,8 +201,12 @@ def table(results: list, input_path: Path, summary: dict, output_dir: Path) -> s
         except ValueError:
             return str(path)
 
-    rows = [(name(s.path), p.label, f"{p.probability:.3f}", str(p.num_windows), "yes" if p.padded else "") if p
-            else (name(s.path), "error", "", "", e.removeprefix(f"{s.path}: ")) for s, p, e in results[:TABLE_ROWS]]
+    rows = [
+        (name(s.path), p.label, f"{p.probability:.3f}", str(p.num_windows), "yes" if p.padded else "")
+        if p
+        else (name(s.path), "error", "", "", e.removeprefix(f"{s.path}: "))
+        for s, p, e in results[:TABLE_ROWS]
+    ]
     head = ("file", "label", "prob", "windows", "padded / error")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(4)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in [head, *rows]]
@@ -214,10 +222,13 @@ def table(results: list, input_path: Path, summary: dict, output_dir: Path) -> s
 def main(cfg: DictConfig) -> None:
     output_dir = Path(cfg.paths.output_dir)
     summary: dict = {}
-    run_task(lambda c: summary.update(predict(c)) or summary, cfg, resuming=cfg.overwrite, outputs=OUTPUTS)
+    run_task(lambda c: summary.update(predict(c)) or summary, cfg, reuse_dir=cfg.overwrite, outputs=OUTPUTS)
     if summary.get("failed_files"):
-        print(f"error: {summary['failed_files']} of {summary['files']} files could not be read; they are listed "
-              f"with their error in {output_dir / 'predictions.csv'}", file=sys.stderr)
+        print(
+            f"error: {summary['failed_files']} of {summary['files']} files could not be read; they are listed "
+            f"with their error in {output_dir / 'predictions.csv'}",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
 
 

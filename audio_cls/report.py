@@ -36,13 +36,18 @@ def read_job(job_dir: Path) -> dict[str, Any]:
     overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text(encoding="utf-8")) or []
     config = yaml.safe_load((job_dir / ".hydra" / "config.yaml").read_text(encoding="utf-8")) or {}
     metrics_file = job_dir / "metrics.json"
-    result = json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {"status": "incomplete"}
+    result = (
+        json.loads(metrics_file.read_text(encoding="utf-8")) if metrics_file.is_file() else {"status": "incomplete"}
+    )
     parsed = {}
     for override in overrides:
         key, _, value = override.partition("=")
         parsed[key.lstrip("+~")] = value
     return {
-        "job": job_dir.name, "dir": str(job_dir), "overrides": parsed, "override_list": overrides,
+        "job": job_dir.name,
+        "dir": str(job_dir),
+        "overrides": parsed,
+        "override_list": overrides,
         "optimized_metric": config.get("optimized_metric", "val/acc_best"),
         "direction": config.get("optimized_direction", "maximize"),
         **result,
@@ -50,8 +55,11 @@ def read_job(job_dir: Path) -> dict[str, Any]:
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
-    jobs = [read_job(d) for d in sorted(Path(sweep_dir).iterdir(), key=_job_order)
-            if (d / ".hydra" / "overrides.yaml").is_file()]
+    jobs = [
+        read_job(d)
+        for d in sorted(Path(sweep_dir).iterdir(), key=_job_order)
+        if (d / ".hydra" / "overrides.yaml").is_file()
+    ]
     if not jobs:
         raise FileNotFoundError(f"{sweep_dir}: no job directories (with .hydra/overrides.yaml) in it")
     return jobs
@@ -119,38 +127,72 @@ def write_report(sweep_dir: str | Path, metric: str | None = None, direction: st
         writer = csv.writer(f)
         writer.writerow(["rank", "job", "status", *keys, *metric_columns, "wall_time_s", "error", "dir"])
         for rank, job in enumerate(jobs, 1):
-            writer.writerow([rank, job["job"], job["status"], *(job["overrides"].get(k, "") for k in keys),
-                             *(_fmt(job.get(m), 6) for m in metric_columns), _fmt(job.get("wall_time_s"), 1),
-                             job.get("error", ""), job["dir"]])
+            writer.writerow(
+                [
+                    rank,
+                    job["job"],
+                    job["status"],
+                    *(job["overrides"].get(k, "") for k in keys),
+                    *(_fmt(job.get(m), 6) for m in metric_columns),
+                    _fmt(job.get("wall_time_s"), 1),
+                    job.get("error", ""),
+                    job["dir"],
+                ]
+            )
 
     counts = {s: sum(j["status"] == s for j in jobs) for s in ("finished", "failed", "incomplete")}
-    lines = [f"# Sweep report: {sweep_dir}", "",
-             f"{len(jobs)} jobs: {counts['finished']} finished, {counts['failed']} failed, "
-             f"{counts['incomplete']} incomplete. Sorted by `{metric}` ({direction}).", ""]
+    lines = [
+        f"# Sweep report: {sweep_dir}",
+        "",
+        f"{len(jobs)} jobs: {counts['finished']} finished, {counts['failed']} failed, "
+        f"{counts['incomplete']} incomplete. Sorted by `{metric}` ({direction}).",
+        "",
+    ]
     fixed = {k: v for k, v in jobs[0]["overrides"].items() if k not in keys}
     if fixed:
         lines += ["Same in every job: " + " ".join(f"`{k}={v}`" for k, v in fixed.items()), ""]
     header = ["rank", "job", "status", *keys, *metric_columns, "wall time (s)"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, job in enumerate(jobs, 1):
-        cells = [str(rank), job["job"], job["status"], *(job["overrides"].get(k, "") for k in keys),
-                 *(_fmt(job.get(m), 4) for m in metric_columns), _fmt(job.get("wall_time_s"), 1)]
+        cells = [
+            str(rank),
+            job["job"],
+            job["status"],
+            *(job["overrides"].get(k, "") for k in keys),
+            *(_fmt(job.get(m), 4) for m in metric_columns),
+            _fmt(job.get("wall_time_s"), 1),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [j for j in jobs if j["status"] != "finished"]
     if failed:
         lines += ["", "## Jobs that did not finish", ""]
-        lines += [f"- job {j['job']} ({j['status']}): {j.get('error', 'no metrics.json: killed or still running')}"
-                  for j in failed]
+        lines += [
+            f"- job {j['job']} ({j['status']}): {j.get('error', 'no metrics.json: killed or still running')}"
+            for j in failed
+        ]
     best = jobs[0]
     if best["status"] == "finished":
         command = "python -m audio_cls.train " + " ".join(shlex.quote(o) for o in best["override_list"])
-        lines += ["", "## Best job", "",
-                  f"Job {best['job']}: `{metric}` = {_fmt(best.get(metric), 4)}. Its full config is "
-                  f"`{best['dir']}/.hydra/config.yaml`; to run it again:", "", "```bash", command, "```"]
+        lines += [
+            "",
+            "## Best job",
+            "",
+            f"Job {best['job']}: `{metric}` = {_fmt(best.get(metric), 4)}. Its full config is "
+            f"`{best['dir']}/.hydra/config.yaml`; to run it again:",
+            "",
+            "```bash",
+            command,
+            "```",
+        ]
     seeds = aggregate_seeds(jobs, keys, metric)
     if any(row["n"] > 1 for row in seeds):
-        lines += ["", "## Repeated configurations (mean ± std over seeds)", "",
-                  "| config | n | " + " | ".join(metric_columns) + " |", "|---|---|" + "---|" * len(metric_columns)]
+        lines += [
+            "",
+            "## Repeated configurations (mean ± std over seeds)",
+            "",
+            "| config | n | " + " | ".join(metric_columns) + " |",
+            "|---|---|" + "---|" * len(metric_columns),
+        ]
         for row in seeds:
             cells = [f"{row[m][0]:.4f} ± {row[m][1]:.4f}" if m in row else "" for m in metric_columns]
             lines.append(f"| {row['config']} | {row['n']} | " + " | ".join(cells) + " |")

@@ -25,7 +25,7 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from audio_cls.errors import AudioClsError, ConfigError
@@ -75,8 +75,11 @@ def hparams_of(config: dict) -> dict[str, Any]:
 def log_hparams(loggers: list, config: dict, metrics: dict[str, float]) -> None:
     """Link the run's hyperparameters to its final metrics (TensorBoard HPARAMS tab)."""
     params = hparams_of(config)
-    hp_metrics = {f"hp/{k.replace('/', '_')}": v for k, v in metrics.items()
-                  if k in ("val/acc_best", "val/acc", "test/acc", "test/f1", "test/loss") and math.isfinite(v)}
+    hp_metrics = {
+        f"hp/{k.replace('/', '_')}": v
+        for k, v in metrics.items()
+        if k in ("val/acc_best", "val/acc", "test/acc", "test/f1", "test/loss") and math.isfinite(v)
+    }
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, metrics=hp_metrics)
@@ -105,16 +108,21 @@ def refuse_to_overwrite(output_dir: Path, outputs: tuple[str, ...] | None = None
     """A directory that already holds results is never written over silently: a training run's
     (metrics.json, checkpoints), or with `outputs` those files of another task (predict, export)."""
     if outputs is None:
-        earlier = [p.name for p in (output_dir / "metrics.json", *(output_dir / "checkpoints").glob("*.ckpt"))
-                   if p.is_file()]
+        earlier = [
+            p.name for p in (output_dir / "metrics.json", *(output_dir / "checkpoints").glob("*.ckpt")) if p.is_file()
+        ]
         if earlier:
-            raise ConfigError(f"hydra.run.dir={output_dir} already holds an earlier run ({', '.join(earlier[:3])}); "
-                              f"pass ckpt_path=last to resume it, or choose a new hydra.run.dir")
+            raise ConfigError(
+                f"hydra.run.dir={output_dir} already holds an earlier run ({', '.join(earlier[:3])}); "
+                f"pass ckpt_path=last to resume it, or choose a new hydra.run.dir"
+            )
         return
     earlier = [name for name in outputs if (output_dir / name).is_file()]
     if earlier:
-        raise ConfigError(f"output_dir={output_dir} already holds {', '.join(earlier)}; choose another output_dir "
-                          f"or pass overwrite=true")
+        raise ConfigError(
+            f"output_dir={output_dir} already holds {', '.join(earlier)}; choose another output_dir "
+            f"or pass overwrite=true"
+        )
 
 
 def check_writable(output_dir: Path) -> None:
@@ -131,13 +139,14 @@ def check_writable(output_dir: Path) -> None:
         log.warning("Only %.2f GB free under %s: checkpoints may not fit", free_gb, output_dir)
 
 
-def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig, resuming: bool = False,
-             outputs: tuple[str, ...] | None = None) -> float:
+def run_task(
+    task: Callable[[DictConfig], dict], cfg: DictConfig, reuse_dir: bool = False, outputs: tuple[str, ...] | None = None
+) -> float:
     """Run `task` in its run directory and write its metrics.json, finished or failed.
 
     `task` returns a dict of results (metrics as floats, plus anything JSON can hold).
-    `resuming`: the task continues the run already in the directory (train with ckpt_path), or may
-    write over it (overwrite=true); otherwise earlier results stop it (`outputs`: see refuse_to_overwrite).
+    `reuse_dir`: the task continues the run already in the directory (train with ckpt_path, cv resume=true)
+    or may write over it (overwrite=true); otherwise earlier results stop it (`outputs`: see refuse_to_overwrite).
     Returns the metric named by `optimized_metric`, for Hydra sweepers. A job that fails in a multirun
     returns the worst value (-inf when maximizing) instead of raising, so the rest of the sweep runs and
     sweepers can still rank it (NaN would stop the Optuna sweeper); metrics.json and the sweep report
@@ -148,7 +157,7 @@ def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig, resuming: bool
     worst = -math.inf if cfg.get("optimized_direction", "maximize") == "maximize" else math.inf
     started = time.perf_counter()
     try:
-        if not resuming:
+        if not reuse_dir:
             refuse_to_overwrite(output_dir, outputs)
         check_writable(output_dir)
     except ConfigError as err:
@@ -159,9 +168,14 @@ def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig, resuming: bool
     try:
         result = task(cfg)
     except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (Lightning's SIGTERMException)
-        _write_result(output_dir, {"status": "interrupted", "error": f"{type(err).__name__}; resume with "
-                                   f"ckpt_path=last hydra.run.dir={output_dir}",
-                                   "wall_time_s": time.perf_counter() - started})
+        _write_result(
+            output_dir,
+            {
+                "status": "interrupted",
+                "error": f"{type(err).__name__}; resume with ckpt_path=last hydra.run.dir={output_dir}",
+                "wall_time_s": time.perf_counter() - started,
+            },
+        )
         if isinstance(err, SIGTERMException):
             raise SystemExit(128 + signal.SIGTERM) from None  # Lightning exits 0 here; a scheduler must see it
         raise
@@ -169,8 +183,14 @@ def run_task(task: Callable[[DictConfig], dict], cfg: DictConfig, resuming: bool
         message = user_message(err)
         if rank_zero_only.rank == 0:
             (output_dir / "traceback.txt").write_text(traceback.format_exc(), encoding="utf-8")
-        _write_result(output_dir, {"status": "failed", "error": message or f"{type(err).__name__}: {err}",
-                                   "wall_time_s": time.perf_counter() - started})
+        _write_result(
+            output_dir,
+            {
+                "status": "failed",
+                "error": message or f"{type(err).__name__}: {err}",
+                "wall_time_s": time.perf_counter() - started,
+            },
+        )
         if multirun:
             log.error("Job failed: %s (traceback in %s)", message or repr(err), output_dir / "traceback.txt")
             return worst

@@ -1,7 +1,7 @@
 """Train a classifier: `python -m audio_cls.train [experiment=NAME] [key=value ...]`.
 
-    config -> feature extractor -> datamodule (scan, split, check files) -> network -> AudioClassifier
-           -> Trainer.fit -> Trainer.test on the best checkpoint -> metrics.json in the run directory
+config -> feature extractor -> datamodule (scan, split, check files) -> network -> AudioClassifier
+       -> Trainer.fit -> Trainer.test on the best checkpoint -> metrics.json in the run directory
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def train(cfg: DictConfig) -> dict:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
 
-    features = instantiate(cfg.features)
-    datamodule = instantiate(cfg.data, features=features, waveform_augment=instantiate(cfg.augment.waveform))
+    datamodule = build_datamodule(cfg)
+    features = datamodule.features
     datamodule.prepare_data()
     datamodule.setup("fit")
     if rank_zero_only.rank == 0:
@@ -45,13 +45,19 @@ def train(cfg: DictConfig) -> dict:
     except ConfigError as err:
         raise ConfigError(f"{err} (the shortest recording is {datamodule.shortest_path})") from None
     config = OmegaConf.to_container(cfg, resolve=True)
-    module = AudioClassifier(net, datamodule.features, datamodule.class_names, optimizer=config["optimizer"],
-                             scheduler=config["scheduler"], loss=loss_config(config["loss"], datamodule),
-                             mixup_alpha=cfg.augment.mixup_alpha, config=config)
+    module = AudioClassifier(
+        net,
+        datamodule.features,
+        datamodule.class_names,
+        optimizer=config["optimizer"],
+        scheduler=config["scheduler"],
+        loss=loss_config(config["loss"], datamodule),
+        mixup_alpha=cfg.augment.mixup_alpha,
+        config=config,
+    )
     log.info("Network %s: %.2fM parameters", type(net).__name__, sum(p.numel() for p in net.parameters()) / 1e6)
 
-    trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks),
-                          logger=instantiate_group(cfg.logger))
+    trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks), logger=instantiate_group(cfg.logger))
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     metrics = scalar_metrics(trainer.callback_metrics)
@@ -69,9 +75,25 @@ def train(cfg: DictConfig) -> dict:
         log_hparams(trainer.loggers, config, metrics)
         log.info("Metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         log.info("Run directory: %s", output_dir)
-    return {**metrics, "skipped_files": len(datamodule.skipped), "duplicate_files": len(datamodule.duplicates),
-            "best_checkpoint": best, "class_names": module.class_names,
-            "test/per_class": module.test_per_class, "test/confusion_matrix": module.test_confusion_matrix}
+    return {
+        **metrics,
+        "skipped_files": len(datamodule.skipped),
+        "duplicate_files": len(datamodule.duplicates),
+        "best_checkpoint": best,
+        "class_names": module.class_names,
+        "test/per_class": module.test_per_class,
+        "test/confusion_matrix": module.test_confusion_matrix,
+    }
+
+
+def build_datamodule(cfg: DictConfig):
+    """The datamodule of a training config with its feature extractor and training augmentation."""
+    return instantiate(
+        cfg.data,
+        features=instantiate(cfg.features),
+        waveform_augment=instantiate(cfg.augment.waveform),
+        spec_augment=instantiate(cfg.augment.spec_augment),
+    )
 
 
 def check_shortest_input(net: torch.nn.Module, frames: int, num_features: int) -> None:
@@ -93,8 +115,9 @@ def loss_config(loss: dict, datamodule) -> dict:
     elif loss.get("weight") is not None:
         weight, names = loss["weight"], datamodule.class_names
         if len(weight) != len(names):
-            raise ConfigError(f"loss.weight: {len(weight)} values for {len(names)} classes "
-                              f"(in this order: {', '.join(names)})")
+            raise ConfigError(
+                f"loss.weight: {len(weight)} values for {len(names)} classes (in this order: {', '.join(names)})"
+            )
         if any(not isinstance(w, (int, float)) or w < 0 for w in weight) or not any(weight):
             raise ConfigError(f"loss.weight={weight}: expected non-negative numbers, not all zero")
     return loss
@@ -102,7 +125,7 @@ def loss_config(loss: dict, datamodule) -> dict:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
-    return run_task(train, cfg, resuming=cfg.ckpt_path is not None)
+    return run_task(train, cfg, reuse_dir=cfg.ckpt_path is not None)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,12 @@ from common import REPO, machine, print_table
 def run(seed: int, overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as run_dir:
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "audio_cls.train", f"seed={seed}", f"hydra.run.dir={run_dir}",
-                               *overrides], cwd=REPO, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "audio_cls.train", f"seed={seed}", f"hydra.run.dir={run_dir}", *overrides],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - start
         if proc.returncode != 0:
             raise SystemExit(f"seed {seed} failed:\n{proc.stderr[-2000:]}")
@@ -32,15 +36,27 @@ def run(seed: int, overrides: list[str]) -> dict:
 
 def main(seeds: list[int], overrides: list[str]) -> str:
     results = {seed: run(seed, overrides) for seed in seeds}
-    rows = [[seed, f"{r['wall']:.1f}", f"{r['train_time_s']:.1f}", r["epochs"], f"{r['test/acc']:.4f}",
-             f"{r['test/f1']:.4f}"] for seed, r in results.items()]
+    rows = [
+        [
+            seed,
+            f"{r['wall']:.1f}",
+            f"{r['train_time_s']:.1f}",
+            r["epochs"],
+            f"{r['test/acc']:.4f}",
+            f"{r['test/f1']:.4f}",
+        ]
+        for seed, r in results.items()
+    ]
     accs = [r["test/acc"] for r in results.values()]
     walls = [r["wall"] for r in results.values()]
     rows.append(["mean", f"{statistics.mean(walls):.1f}", "", "", f"{statistics.mean(accs):.4f}", ""])
     rows.append(["lowest / slowest", f"{max(walls):.1f}", "", "", f"{min(accs):.4f}", ""])
     name = " ".join(overrides) or "default"
-    return print_table(f"make train ({name}), FSDD official split, {len(seeds)} seeds ({machine()})",
-                       ["seed", "whole command (s)", "Trainer.fit (s)", "epochs", "test acc", "test macro-F1"], rows)
+    return print_table(
+        f"make train ({name}), FSDD official split, {len(seeds)} seeds ({machine()})",
+        ["seed", "whole command (s)", "Trainer.fit (s)", "epochs", "test acc", "test macro-F1"],
+        rows,
+    )
 
 
 if __name__ == "__main__":

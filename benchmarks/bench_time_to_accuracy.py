@@ -21,14 +21,16 @@ from hydra.utils import instantiate
 
 import plain_reference
 from audio_cls.module import AudioClassifier
+from audio_cls.train import build_datamodule
 from common import default_config, machine, print_table
 
 
 class TestAccuracyClock(L.Callback):
     """Training seconds and test accuracy after every epoch (the test pass off the clock)."""
 
-    def __init__(self, test_loader):
-        self.test_loader = test_loader
+    def __init__(self, datamodule):
+        self.datamodule = datamodule
+        self.test_loader = datamodule.test_dataloader()
         self.paused = 0.0
         self.history: list[tuple[int, float, float]] = []
 
@@ -47,7 +49,7 @@ class TestAccuracyClock(L.Callback):
         module.eval()
         correct = total = 0
         for batch in self.test_loader:
-            batch = module.on_after_batch_transfer(batch, 0)
+            batch = self.datamodule.features_of(batch)  # extracted here with data.placement=device
             correct += int((module(batch["inputs"], batch["lengths"]).argmax(-1) == batch["targets"]).sum())
             total += len(batch["targets"])
         module.train(was_training)
@@ -58,17 +60,29 @@ def ours(epochs: int, seed: int, overrides: list[str]) -> list[tuple[int, float,
     """make train's configuration (conf/train.yaml as composed, `overrides` on top), trained `epochs` epochs."""
     cfg = default_config(f"trainer.max_epochs={epochs}", f"seed={seed}", *overrides)
     L.seed_everything(cfg.seed)
-    features = instantiate(cfg.features)
-    dm = instantiate(cfg.data, features=features, waveform_augment=instantiate(cfg.augment.waveform))
+    dm = build_datamodule(cfg)
     dm.setup("fit")
-    net = instantiate(cfg.model, in_features=features.num_features, num_classes=dm.num_classes)
-    module = AudioClassifier(net, dm.features, dm.class_names, optimizer=dict(cfg.optimizer),
-                             scheduler=dict(cfg.scheduler) if cfg.scheduler else None,
-                             mixup_alpha=cfg.augment.mixup_alpha)
-    clock = TestAccuracyClock(dm.test_dataloader())
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
-                        use_distributed_sampler=False)
+    net = instantiate(cfg.model, in_features=dm.features.num_features, num_classes=dm.num_classes)
+    module = AudioClassifier(
+        net,
+        dm.features,
+        dm.class_names,
+        optimizer=dict(cfg.optimizer),
+        scheduler=dict(cfg.scheduler) if cfg.scheduler else None,
+        mixup_alpha=cfg.augment.mixup_alpha,
+    )
+    clock = TestAccuracyClock(dm)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[clock],
+        use_distributed_sampler=False,
+    )
     trainer.fit(module, datamodule=dm)
     return clock.history
 
@@ -81,21 +95,41 @@ def main(repeats: int, target: float, epochs: int, overrides: list[str]) -> str:
     data = plain_reference.load()
     rows, ratios = [], []
     for seed in range(repeats):
-        runs = {"plain reference": plain_reference.train(epochs, seed, data), "ours (make train)": ours(epochs, seed, overrides)}
+        runs = {
+            "plain reference": plain_reference.train(epochs, seed, data),
+            "ours (make train)": ours(epochs, seed, overrides),
+        }
         hit = {name: reached(h, target) for name, h in runs.items()}
         for name, history in runs.items():
             e_t = hit[name]
-            rows.append([seed, name, f"{e_t[0]}" if e_t else "-", f"{e_t[1]:.1f}" if e_t else "-",
-                         f"{history[-1][2]:.4f}", f"{max(a for _, _, a in history):.4f}",
-                         f"{history[-1][1] / len(history):.2f}"])
+            rows.append(
+                [
+                    seed,
+                    name,
+                    f"{e_t[0]}" if e_t else "-",
+                    f"{e_t[1]:.1f}" if e_t else "-",
+                    f"{history[-1][2]:.4f}",
+                    f"{max(a for _, _, a in history):.4f}",
+                    f"{history[-1][1] / len(history):.2f}",
+                ]
+            )
         if all(hit.values()):
             ratios.append(hit["ours (make train)"][1] / hit["plain reference"][1])
     ratio = f"{statistics.median(ratios):.2f}x (each: {', '.join(f'{r:.2f}' for r in ratios)})" if ratios else "n/a"
     return print_table(
         f"Time to {target:.0%} test accuracy, FSDD official split, ours / plain reference = {ratio} "
         f"({epochs} epochs each; {machine()})",
-        ["seed", "pipeline", f"epoch at {target:.0%}", f"seconds to {target:.0%}", f"test acc, epoch {epochs}",
-         "best epoch's test acc", "s / epoch"], rows)
+        [
+            "seed",
+            "pipeline",
+            f"epoch at {target:.0%}",
+            f"seconds to {target:.0%}",
+            f"test acc, epoch {epochs}",
+            "best epoch's test acc",
+            "s / epoch",
+        ],
+        rows,
+    )
 
 
 if __name__ == "__main__":
@@ -103,6 +137,6 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--target", type=float, default=0.97)
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("overrides", nargs="*", help="config overrides for ours, e.g. features.placement=worker")
+    parser.add_argument("overrides", nargs="*", help="config overrides for ours, e.g. data.placement=worker")
     args = parser.parse_args()
     main(args.repeats, args.target, args.epochs, args.overrides)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf, open_dict
+from omegaconf import open_dict
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,8 +24,10 @@ def default_config(*overrides: str, output_dir: str | None = None):
 
 def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, {gpu}; "
-            f"torch {torch.__version__}, Python {platform.python_version()}")
+    return (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, {gpu}; "
+        f"torch {torch.__version__}, Python {platform.python_version()}"
+    )
 
 
 def timed(fn, repeat: int = 1) -> float:

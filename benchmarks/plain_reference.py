@@ -40,9 +40,13 @@ def network() -> torch.nn.Sequential:
     def block(c_in, c_out, pool):
         return [torch.nn.Conv1d(c_in, c_out, 3, padding=1), torch.nn.BatchNorm1d(c_out), torch.nn.ReLU(), pool]
 
-    return torch.nn.Sequential(*block(40, 64, torch.nn.MaxPool1d(2)), *block(64, 128, torch.nn.MaxPool1d(2)),
-                               *block(128, 128, torch.nn.AdaptiveAvgPool1d(1)), torch.nn.Flatten(),
-                               torch.nn.Linear(128, 10))
+    return torch.nn.Sequential(
+        *block(40, 64, torch.nn.MaxPool1d(2)),
+        *block(64, 128, torch.nn.MaxPool1d(2)),
+        *block(128, 128, torch.nn.AdaptiveAvgPool1d(1)),
+        torch.nn.Flatten(),
+        torch.nn.Linear(128, 10),
+    )
 
 
 def train(epochs: int = 12, seed: int = 0, data=None) -> list[tuple[int, float, float]]:

@@ -1,14 +1,11 @@
+"""The tests' fixtures; plain helpers (REPO, FSDD, write_tone, run_entry, ...) are in helpers.py."""
+
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
-REPO = Path(__file__).resolve().parents[1]
-FSDD = REPO / "data" / "fsdd"
+from helpers import FSDD, run_entry
 
 
 @pytest.fixture(scope="session")
@@ -30,54 +27,21 @@ def fsdd_slice(tmp_path_factory) -> Path:
     return root
 
 
-def write_tone(path: Path, seconds: float = 0.5, sample_rate: int = 8000, freq: float = 440.0,
-               channels: int = 1, subtype: str = "PCM_16") -> Path:
-    t = np.arange(int(seconds * sample_rate)) / sample_rate
-    wave = 0.5 * np.sin(2 * np.pi * freq * t)
-    data = np.stack([wave] * channels, axis=1) if channels > 1 else wave
-    sf.write(str(path), data, sample_rate, subtype=subtype)
-    return path
-
-
-def run_entry(module: str, *overrides: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run an entry point as a user would, from the repo root."""
-    return subprocess.run([sys.executable, "-m", module, *overrides], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-# Three classes told apart by pitch; one name is not ASCII.
-TONE_CLASSES = {"low": 300.0, "mid": 900.0, "höch_音": 2400.0}
-
-
-def write_tone_dataset(root: Path, per_class: int = 8, speakers: tuple[str, ...] = ("ann", "bob", "cem", "dia"),
-                       sample_rate: int = 16000) -> list[tuple[Path, str, str]]:
-    """root/<class>/<speaker>_<n>.wav tones (0.3-0.5 s, a little noise), plus one stereo 44.1 kHz FLAC
-    per class. Returns (path, label, speaker) of every file."""
-    rng = np.random.default_rng(0)
-    files = []
-    for label, freq in TONE_CLASSES.items():
-        (root / label).mkdir(parents=True, exist_ok=True)
-        for n in range(per_class):
-            speaker = speakers[n % len(speakers)]
-            path = root / label / f"{speaker}_{n}.wav"
-            seconds = 0.3 + 0.2 * rng.random()
-            t = np.arange(int(seconds * sample_rate)) / sample_rate
-            wave = 0.4 * np.sin(2 * np.pi * freq * (1 + 0.02 * rng.standard_normal()) * t)
-            sf.write(str(path), wave + 0.01 * rng.standard_normal(t.shape), sample_rate)
-            files.append((path, label, speaker))
-        path = write_tone(root / label / f"{speakers[0]}_stereo.flac", seconds=0.4, sample_rate=44100,
-                          freq=freq, channels=2)
-        files.append((path, label, speakers[0]))
-    return files
-
-
 @pytest.fixture(scope="session")
 def trained_checkpoint(fsdd_slice, tmp_path_factory) -> Path:
     """A small CNN1d on log-mel, trained briefly by audio_cls.train on fixed 0.5 s clips (so prediction
     cuts recordings into windows); shared by the prediction and export tests."""
     run_dir = tmp_path_factory.mktemp("predict_run")
-    proc = run_entry("audio_cls.train", "debug=limit", f"data.root={fsdd_slice}", f"hydra.run.dir={run_dir}",
-                     "data.duration=0.5", "model.channels=[32,32,32]", "data.batch_size=16", "logger=none",
-                     "test=false")
+    proc = run_entry(
+        "audio_cls.train",
+        "debug=limit",
+        f"data.root={fsdd_slice}",
+        f"hydra.run.dir={run_dir}",
+        "data.duration=0.5",
+        "model.channels=[32,32,32]",
+        "data.batch_size=16",
+        "logger=none",
+        "test=false",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir / "checkpoints" / "last.ckpt"

@@ -14,7 +14,7 @@ from audio_cls.audio import audio_files, audio_info, load_audio
 from audio_cls.data.folder import Folder
 from audio_cls.errors import DataError
 from audio_cls.features import LogMel
-from conftest import write_tone_dataset
+from helpers import write_tone_dataset
 
 MP3 = "MP3" in sf.available_formats()
 
@@ -26,8 +26,9 @@ def write_mp3(path, seconds=0.5, sample_rate=16000, freq=700.0):
 
 
 def build_folder(root, **kwargs):
-    dm = Folder(root=str(root), features=LogMel(16000, hop_length=160), sample_rate=16000, batch_size=4,
-                num_workers=0, **kwargs)
+    dm = Folder(
+        root=str(root), features=LogMel(16000, hop_length=160), sample_rate=16000, batch_size=4, num_workers=0, **kwargs
+    )
     dm.setup("fit")
     return dm
 
@@ -74,8 +75,10 @@ def test_broken_links_and_folders_named_like_audio_are_skipped_with_reasons(tmp_
     skipped = []
     found = audio_files(root, skipped=skipped)
     assert broken not in found and folder not in found
-    assert dict(skipped) == {str(broken): f"{broken}: a broken symbolic link (to {root / 'low' / 'no_such_file.wav'})",
-                             str(folder): f"{folder}: a folder, not an audio file"}
+    assert dict(skipped) == {
+        str(broken): f"{broken}: a broken symbolic link (to {root / 'low' / 'no_such_file.wav'})",
+        str(folder): f"{folder}: a folder, not an audio file",
+    }
 
     with caplog.at_level(logging.WARNING):
         dm = build_folder(root)

@@ -1,7 +1,6 @@
 """Every config composes and builds: experiments, and each option of each group."""
 
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,16 +11,18 @@ from omegaconf import OmegaConf, open_dict
 
 from audio_cls.config_checks import check_types
 from audio_cls.errors import ConfigError
+from audio_cls.model import CNN1d
 from audio_cls.module import AudioClassifier
 from audio_cls.runs import instantiate_group, user_message
-from conftest import REPO
+from helpers import REPO
 
 CONF = REPO / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
 
 def options(group):
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """The choices of a config group (a leading underscore marks a shared base, not a choice)."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def compose_train(overrides, tmp_path):
@@ -36,15 +37,22 @@ def build_everything(cfg, num_classes=10, frames=40):
     features = instantiate(cfg.features)
     net = instantiate(cfg.model, in_features=features.num_features, num_classes=num_classes)
     config = OmegaConf.to_container(cfg, resolve=True)
-    module = AudioClassifier(net, features, [str(i) for i in range(num_classes)], optimizer=config["optimizer"],
-                             scheduler=config["scheduler"], loss=config["loss"], config=config)
+    module = AudioClassifier(
+        net,
+        features,
+        [str(i) for i in range(num_classes)],
+        optimizer=config["optimizer"],
+        scheduler=config["scheduler"],
+        loss=config["loss"],
+        config=config,
+    )
     logits = module(torch.randn(2, frames, features.num_features), torch.tensor([frames, frames // 2]))
     assert logits.shape == (2, num_classes)
     return features, net, module
 
 
 def test_experiments_exist():
-    assert {"fsdd_cnn", "fsdd_lstm", "seed_conv1d", "seed_lstm"} <= set(EXPERIMENTS)
+    assert {"fsdd_cnn", "fsdd_lstm", "note_conv1d", "note_lstm"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
@@ -52,8 +60,9 @@ def test_experiment_composes_and_instantiates(experiment, tmp_path):
     cfg = compose_train([f"experiment={experiment}"], tmp_path)
     build_everything(cfg)
     assert instantiate_group(cfg.callbacks) and instantiate_group(cfg.logger)
-    trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks),
-                          logger=instantiate_group(cfg.logger), accelerator="cpu")
+    trainer = instantiate(
+        cfg.trainer, callbacks=instantiate_group(cfg.callbacks), logger=instantiate_group(cfg.logger), accelerator="cpu"
+    )
     assert trainer.max_epochs == cfg.trainer.max_epochs
 
 
@@ -64,16 +73,17 @@ def test_default_is_fsdd_cnn(tmp_path):
     assert default == explicit
 
 
-def test_seed_experiments_reproduce_the_note(tmp_path):
-    _, net, _ = build_everything(compose_train(["experiment=seed_conv1d"], tmp_path))
+def test_note_experiments_reproduce_the_note(tmp_path):
+    _, net, _ = build_everything(compose_train(["experiment=note_conv1d"], tmp_path))
     conv = net.blocks[0][0]
     assert (conv.in_channels, conv.out_channels, conv.kernel_size, conv.padding) == (256, 100, (2,), (0,))
-    _, lstm, _ = build_everything(compose_train(["experiment=seed_lstm"], tmp_path))
+    _, lstm, _ = build_everything(compose_train(["experiment=note_lstm"], tmp_path))
     assert (lstm.lstm.hidden_size, lstm.lstm.num_layers, lstm.lstm.batch_first, lstm.readout) == (64, 3, True, "last")
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in ("features", "model", "optimizer", "scheduler", "loss")
-                                          for o in options(g)])
+@pytest.mark.parametrize(
+    "group,option", [(g, o) for g in ("features", "model", "optimizer", "scheduler", "loss") for o in options(g)]
+)
 def test_each_group_option_builds(group, option, tmp_path):
     module = build_everything(compose_train([f"{group}={option}"], tmp_path))[2]
     module.trainer = None
@@ -112,7 +122,7 @@ def test_unknown_model_is_a_composition_error(tmp_path):
 
 # A user's network in a module with postponed annotations, one of which names a type imported only for type
 # checkers: typing.get_type_hints fails on the whole signature.
-USER_NET = '''
+USER_NET = """
 from __future__ import annotations
 from typing import TYPE_CHECKING
 from torch import nn
@@ -123,7 +133,7 @@ class UserNet(nn.Module):
     def __init__(self, in_features: int, num_classes: int, width: int = 8, norm: NormConfig | None = None):
         super().__init__()
         self.head = nn.Linear(in_features, num_classes)
-'''
+"""
 
 
 def test_unresolvable_annotations_keep_the_other_checks_and_say_so(tmp_path, monkeypatch, caplog):
@@ -133,8 +143,13 @@ def test_unresolvable_annotations_keep_the_other_checks_and_say_so(tmp_path, mon
     with caplog.at_level(logging.WARNING, logger="audio_cls.config_checks"):
         check_types(node, "model")  # the values that can be checked are fine; `norm` cannot be checked
     assert len(caplog.records) == 1
-    assert caplog.records[0].getMessage().startswith(
-        "model: the annotation of user_net_module.UserNet argument norm ('NormConfig | None') does not evaluate")
+    assert (
+        caplog.records[0]
+        .getMessage()
+        .startswith(
+            "model: the annotation of user_net_module.UserNet argument norm ('NormConfig | None') does not evaluate"
+        )
+    )
     with pytest.raises(ConfigError, match=r"model.width='abc': expected int"):
         check_types({**node, "width": "abc"}, "model")
     with pytest.raises(ConfigError, match="model.widht: user_net_module.UserNet takes no such argument"):
@@ -155,9 +170,29 @@ def test_lstm_activation_is_used_or_refused(tmp_path):
     with pytest.raises(Exception) as raised:  # Hydra's instantiate wraps it; the run prints its one line
         build_everything(compose_train(["model=lstm", "model.activation=gelu"], tmp_path))
     assert user_message(raised.value).startswith("model.activation='gelu': has no effect with model.head_hidden=0")
-    _, net, _ = build_everything(compose_train(["model=lstm", "model.head_hidden=16", "model.activation=gelu"], tmp_path))
+    _, net, _ = build_everything(
+        compose_train(["model=lstm", "model.head_hidden=16", "model.activation=gelu"], tmp_path)
+    )
     assert isinstance(net.head[1], torch.nn.GELU)
     _, net, _ = build_everything(compose_train(["model=lstm", "model.head_hidden=16"], tmp_path))
     assert isinstance(net.head[1], torch.nn.ReLU)
-    for experiment in ("fsdd_lstm", "seed_lstm"):  # the experiments built on it still build
+    for experiment in ("fsdd_lstm", "note_lstm"):  # the experiments built on it still build
         build_everything(compose_train([f"experiment={experiment}"], tmp_path))
+
+
+class WiderCNN(CNN1d):
+    """A network of a user's own on top of CNN1d: its arguments, CNN1d's and (through **conv) ConvStack's."""
+
+    def __init__(self, in_features: int, num_classes: int, extra: int = 1, **kwargs):
+        super().__init__(in_features, num_classes, **kwargs)
+
+
+def test_config_checks_follow_conv_settings_to_the_conv_stack():
+    from audio_cls.config_checks import check_types
+
+    check_types({"_target_": "audio_cls.model.CNN1d", "kernel_size": 3, "channels": [8, 8], "readout": "max"}, "model")
+    check_types({"_target_": "test_configs.WiderCNN", "extra": 2, "readout": "max", "pool_size": 1}, "model")
+    with pytest.raises(ConfigError, match=r"model.kernel_size='x': expected int"):
+        check_types({"_target_": "audio_cls.model.CRNN", "kernel_size": "x"}, "model")
+    with pytest.raises(ConfigError, match="model.dims: audio_cls.model.CNN1d takes no such argument"):
+        check_types({"_target_": "audio_cls.model.CNN1d", "dims": 2}, "model")  # CNN1d sets it itself

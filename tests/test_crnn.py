@@ -10,24 +10,30 @@ from hydra.utils import instantiate
 from audio_cls.config_checks import check_config
 from audio_cls.errors import ConfigError
 from audio_cls.model.crnn import CRNN
-from conftest import REPO, run_entry
+from helpers import REPO, run_entry
 
 
-@pytest.mark.parametrize("kwargs", [
-    {},
-    dict(channels=[8, 8, 8], kernel_size=[3, 5, 3], pool_size=[2, 1, 2]),
-    dict(channels=8, num_blocks=2, kernel_size=3, stride=2, padding=1, pool_size=1),
-    dict(channels=[8], padding="valid", dilation=2, bidirectional=False, num_layers=2, readout="last"),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        dict(channels=[8, 8, 8], kernel_size=[3, 5, 3], pool_size=[2, 1, 2]),
+        dict(channels=8, num_blocks=2, kernel_size=3, stride=2, padding=1, pool_size=1),
+        dict(channels=[8], padding="valid", dilation=2, bidirectional=False, num_layers=2, readout="last"),
+    ],
+)
 def test_crnn_output_shape_and_tracked_lengths(kwargs):
     net = CRNN(20, 7, **kwargs).eval()
     lengths = torch.tensor([61, 40, 23])
     x = torch.randn(3, 61, 20)
     assert net(x, lengths).shape == (3, 7)
-    h = net.features_to_maps(x)
+    h = x.transpose(1, 2)  # the conv stack's input layout: (batch, feat, time)
     for block in net.blocks:
         h = block(h)
     assert h.shape[-1] == int(net.output_lengths(torch.tensor([61]))[0])  # the formula matches the layers
+    maps, frames = net.blocks(x, lengths)
+    assert maps.shape == (3, net.gru.input_size, h.shape[-1])
+    assert frames.tolist() == net.output_lengths(lengths).tolist()
 
 
 @pytest.mark.parametrize("readout", ["last", "mean", "max", "meanmax"])
@@ -62,9 +68,16 @@ def test_crnn_config_composes_checks_and_builds(tmp_path):
     assert net(torch.randn(2, 50, 64), torch.tensor([50, 31])).shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_crnn_trains_from_the_command_line(fsdd_slice, tmp_path):
-    proc = run_entry("audio_cls.train", "model=crnn", "debug=fast", f"data.root={fsdd_slice}",
-                     f"hydra.run.dir={tmp_path}", "data.batch_size=16")
+    proc = run_entry(
+        "audio_cls.train",
+        "model=crnn",
+        "debug=fast",
+        f"data.root={fsdd_slice}",
+        f"hydra.run.dir={tmp_path}",
+        "data.batch_size=16",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "finished"

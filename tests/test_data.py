@@ -4,12 +4,12 @@ import soundfile as sf
 import torch
 
 from audio_cls.audio import load_audio
-from audio_cls.augment import WaveformAugment
+from audio_cls.augment import SpecAugment, WaveformAugment
 from audio_cls.data.base import pad_collate
 from audio_cls.data.fsdd import FSDD
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.features import GlobalNorm, LogMel, RawWaveform
-from conftest import write_tone
+from helpers import write_tone
 
 
 def fsdd(root, **kwargs):
@@ -100,13 +100,17 @@ def slice_statistics(fsdd_slice):
 
     def stats(items):
         with torch.no_grad():
-            frames = np.concatenate([extractor.compute(load_audio(it.path, 8000)[None])[0].double().numpy()
-                                     for it in items])
+            frames = np.concatenate(
+                [extractor.compute(load_audio(it.path, 8000)[None])[0].double().numpy() for it in items]
+            )
         assert len(frames) == sum(int(extractor.num_frames(sf.info(it.path).frames)) for it in items)
         return frames.mean(0), np.sqrt(frames.var(0) + GlobalNorm(1).eps)
 
-    return {"train": stats(dm.splits["train"]), "train+val": stats(dm.splits["train"] + dm.splits["val"]),
-            "train_paths": [it.path for it in dm.splits["train"]]}
+    return {
+        "train": stats(dm.splits["train"]),
+        "train+val": stats(dm.splits["train"] + dm.splits["val"]),
+        "train_paths": [it.path for it in dm.splits["train"]],
+    }
 
 
 @pytest.mark.parametrize("placement", ["worker", "device", "cache"])
@@ -115,10 +119,18 @@ def test_global_statistics_are_measured_on_training_data_only(fsdd_slice, slice_
     # shift, and SpecAugment; the cache stores features, so waveform augmentation is refused there), which the
     # measurement must not see.
     augment = None if placement == "cache" else WaveformAugment(8000, gain_db=(-6, 6), shift=0.1)
-    features = LogMel(8000, normalize="global", placement=placement,
-                      spec_augment={"freq_mask": 8, "time_mask": 10, "num_masks": 2})
-    dm = FSDD(root=str(fsdd_slice), features=features, sample_rate=8000, num_workers=2, batch_size=16,
-              waveform_augment=augment, cache_dir=str(tmp_path / "cache"))
+    features = LogMel(8000, normalize="global")
+    dm = FSDD(
+        root=str(fsdd_slice),
+        features=features,
+        placement=placement,
+        spec_augment=SpecAugment(freq_mask=8, time_mask=10, num_masks=2),
+        sample_rate=8000,
+        num_workers=2,
+        batch_size=16,
+        waveform_augment=augment,
+        cache_dir=str(tmp_path / "cache"),
+    )
     dm.setup("fit")
     assert [it.path for it in dm.splits["train"]] == slice_statistics["train_paths"]
     norm = dm.features.norm
@@ -139,10 +151,13 @@ def test_global_statistics_are_measured_on_training_data_only(fsdd_slice, slice_
     torch.testing.assert_close(x, expected, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("make,message", [
-    (lambda root: root / "missing", "no such directory"),
-    (lambda root: root, "no .wav recordings"),
-])
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda root: root / "missing", "no such directory"),
+        (lambda root: root, "no .wav recordings"),
+    ],
+)
 def test_missing_or_empty_data_dir(tmp_path, make, message):
     with pytest.raises(DataError, match=message):
         fsdd(make(tmp_path)).setup("fit")

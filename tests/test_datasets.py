@@ -15,24 +15,30 @@ import pytest
 import soundfile as sf
 import torch
 
-from audio_cls.augment import BackgroundNoise, RandomGain, RandomShift, WaveformAugment, mixup
+from audio_cls.augment import BackgroundNoise, RandomGain, RandomShift, SpecAugment, WaveformAugment, mixup
+from audio_cls.data.base import Item
 from audio_cls.data.download import download_and_extract
 from audio_cls.data.esc50 import ESC50
 from audio_cls.data.folder import Folder
 from audio_cls.data.manifest import Manifest
 from audio_cls.data.speech_commands import SpeechCommands, which_set
 from audio_cls.data.splits import assign_splits, cv_split, duplicates_across_splits, shared_groups, unit_hash
-from audio_cls.data.base import Item
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.features import LogMel, RawWaveform
-from conftest import TONE_CLASSES, run_entry, write_tone, write_tone_dataset
+from helpers import TONE_CLASSES, run_entry, write_tone, write_tone_dataset
 
 SPEAKER = r"^(?P<group>[^_]+)_"
 
 
 def build(cls, root, features=None, **kwargs):
-    dm = cls(root=str(root), features=features or LogMel(16000, hop_length=160), sample_rate=16000,
-             batch_size=4, num_workers=0, **kwargs)
+    dm = cls(
+        root=str(root),
+        features=features or LogMel(16000, hop_length=160),
+        sample_rate=16000,
+        batch_size=4,
+        num_workers=0,
+        **kwargs,
+    )
     dm.setup("fit")
     return dm
 
@@ -61,7 +67,7 @@ def test_folder_reads_classes_any_depth_and_formats(tones, caplog):
     assert len(every) == 3 * 9 + 1 and any(it.path.endswith("eve_0.ogg") for it in every)
     assert "Ignored 2 files that are not audio" in caplog.text
     stereo = next(it for it in every if it.path.endswith("stereo.flac"))  # 44.1 kHz, 2 channels -> 16 kHz mono
-    dataset = dm.dataset(next(s for s, items in dm.splits.items() if stereo in items), returns="waveform")
+    dataset = dm.dataset(next(s for s, items in dm.splits.items() if stereo in items), placement="device")
     wave = dataset[dataset.items.index(stereo)]["inputs"]
     assert wave.dim() == 1 and abs(wave.shape[0] - 0.4 * 16000) <= 1
 
@@ -168,7 +174,9 @@ def test_segments_of_one_file_are_duplicates_only_where_they_overlap(tmp_path):
     whole = Item(str(twin), "a")  # identical bytes under another name: overlaps both segments
     assert duplicates_across_splits({"train": [first], "test": [second]}) == []
     assert duplicates_across_splits({"train": [first], "test": [Item(str(long), "a", start=0.5, end=1.5)]}) != []
-    assert duplicates_across_splits({"train": [first, second], "val": [whole]}) == [("train", str(long), "val", str(twin))]
+    assert duplicates_across_splits({"train": [first, second], "val": [whole]}) == [
+        ("train", str(long), "val", str(twin))
+    ]
 
 
 # --- manifest --------------------------------------------------------------------------------
@@ -179,11 +187,13 @@ def write_manifest(root, rows, header="path,label,split,group,start,end"):
 
 def test_manifest_with_splits_groups_and_segments(tmp_path):
     (tmp_path / "audio").mkdir()
-    for i, (label, freq) in enumerate(TONE_CLASSES.items()):
+    for i, freq in enumerate(TONE_CLASSES.values()):
         write_tone(tmp_path / "audio" / f"long_{i}.wav", seconds=3.0, sample_rate=16000, freq=freq)
-    rows = [f"audio/long_{i}.wav,{label},{split},spk{i},{start},{start + 0.5}"
-            for i, label in enumerate(TONE_CLASSES)
-            for split, start in (("train", 0.0), ("train", 0.5), ("val", 1.0), ("test", 2.0))]
+    rows = [
+        f"audio/long_{i}.wav,{label},{split},spk{i},{start},{start + 0.5}"
+        for i, label in enumerate(TONE_CLASSES)
+        for split, start in (("train", 0.0), ("train", 0.5), ("val", 1.0), ("test", 2.0))
+    ]
     manifest = write_manifest(tmp_path, rows)
     dm = build(Manifest, manifest, features=RawWaveform())
     assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [6, 3, 3]
@@ -201,15 +211,18 @@ def test_manifest_without_split_column_is_split_by_group(tones):
     assert not groups["train"] & groups["test"] and not groups["train"] & groups["val"]
 
 
-@pytest.mark.parametrize("header,row,message", [
-    ("path,label,speaker", "a.wav,x,ann", r"unknown columns \['speaker'\]"),
-    ("file,label", "a.wav,x", "no path column"),
-    ("path,label", "missing.wav,x", r"manifest.csv line 2: missing.wav does not exist"),
-    ("path,label", "a.wav,", r"line 2: empty label"),
-    ("path,label,split", "a.wav,x,dev", r"line 2: split 'dev' is not one of train, val, test"),
-    ("path,label,start,end", "a.wav,x,1.0,0.5", r"line 2: end \(0.5\) must be after start \(1.0\)"),
-    ("path,label,start", "a.wav,x,abc", r"line 2: start 'abc' is not a number of seconds"),
-])
+@pytest.mark.parametrize(
+    "header,row,message",
+    [
+        ("path,label,speaker", "a.wav,x,ann", r"unknown columns \['speaker'\]"),
+        ("file,label", "a.wav,x", "no path column"),
+        ("path,label", "missing.wav,x", r"manifest.csv line 2: missing.wav does not exist"),
+        ("path,label", "a.wav,", r"line 2: empty label"),
+        ("path,label,split", "a.wav,x,dev", r"line 2: split 'dev' is not one of train, val, test"),
+        ("path,label,start,end", "a.wav,x,1.0,0.5", r"line 2: end \(0.5\) must be after start \(1.0\)"),
+        ("path,label,start", "a.wav,x,abc", r"line 2: start 'abc' is not a number of seconds"),
+    ],
+)
 def test_manifest_errors_name_the_line_and_problem(tmp_path, header, row, message):
     write_tone(tmp_path / "a.wav", seconds=0.5, sample_rate=16000)
     with pytest.raises(DataError, match=message):
@@ -226,7 +239,9 @@ def test_manifest_segment_past_the_end_is_named(tmp_path):
 def test_manifest_missing_files_can_be_skipped_and_counted(tones, caplog):
     files = write_tone_dataset(tones)
     rows = [f"{p.relative_to(tones)},{label},,{speaker},," for p, label, speaker in files] + [
-        "low/gone_1.wav,low,,ann,,", "low/gone_2.wav,low,,ann,,"]
+        "low/gone_1.wav,low,,ann,,",
+        "low/gone_2.wav,low,,ann,,",
+    ]
     with caplog.at_level(logging.WARNING):
         dm = build(Manifest, write_manifest(tones, rows), on_bad_file="skip")
     assert len(dm.skipped) == 2 and "no such file" in dm.skipped[0][1]
@@ -235,10 +250,16 @@ def test_manifest_missing_files_can_be_skipped_and_counted(tones, caplog):
 
 def test_label_only_in_test_is_an_error(tmp_path):
     write_tone_dataset(tmp_path)
-    rows = [f"{label}/ann_0.wav,{label},train,," for label in TONE_CLASSES] + [
-        f"{label}/bob_1.wav,{label},val,," for label in TONE_CLASSES] + ["low/cem_2.wav,owl,test,,"]
-    with pytest.raises(DataError, match=r"1 labels occur in the test split but not in training: 'owl' "
-                                         r"\(e\.g\. .*low/cem_2\.wav\)"):
+    rows = (
+        [f"{label}/ann_0.wav,{label},train,," for label in TONE_CLASSES]
+        + [f"{label}/bob_1.wav,{label},val,," for label in TONE_CLASSES]
+        + ["low/cem_2.wav,owl,test,,"]
+    )
+    with pytest.raises(
+        DataError,
+        match=r"1 labels occur in the test split but not in training: 'owl' "
+        r"\(e\.g\. .*low/cem_2\.wav\)",
+    ):
         build(Manifest, write_manifest(tmp_path, rows, header="path,label,split,group,start"))
 
 
@@ -272,17 +293,25 @@ def test_speech_commands_official_lists(tmp_path):
     make_speech_commands(tmp_path)
     dm = build(SpeechCommands, tmp_path, download=False)
     assert dm.class_names == ["bed", "no", "up", "yes"]
-    assert {it.group for it in dm.splits["val"]} == {"00000001"} and {it.group for it in dm.splits["test"]} == {"00000002"}
+    assert {it.group for it in dm.splits["val"]} == {"00000001"} and {it.group for it in dm.splits["test"]} == {
+        "00000002"
+    }
     assert len(dm.splits["train"]) == 4 * 6
 
 
 # Name -> split pairs of the released dataset: entries of v0.02's testing_list.txt and validation_list.txt,
 # and training files (in neither list); TensorFlow's input_data.which_set(name, 10, 10) agrees on each.
 KNOWN_SPLITS = {
-    "cat/2aa787cf_nohash_0.wav": "test", "cat/2aa787cf_nohash_1.wav": "test", "cat/24ad3ebe_nohash_2.wav": "test",
+    "cat/2aa787cf_nohash_0.wav": "test",
+    "cat/2aa787cf_nohash_1.wav": "test",
+    "cat/24ad3ebe_nohash_2.wav": "test",
     "go/0ea0e2f4_nohash_1.wav": "test",
-    "cat/8b775397_nohash_0.wav": "val", "cat/16db1582_nohash_4.wav": "val", "go/6a27a9bf_nohash_0.wav": "val",
-    "cat/e91d173e_nohash_1.wav": "train", "cat/9ce7a419_nohash_0.wav": "train", "go/7f74626f_nohash_2.wav": "train",
+    "cat/8b775397_nohash_0.wav": "val",
+    "cat/16db1582_nohash_4.wav": "val",
+    "go/6a27a9bf_nohash_0.wav": "val",
+    "cat/e91d173e_nohash_1.wav": "train",
+    "cat/9ce7a419_nohash_0.wav": "train",
+    "go/7f74626f_nohash_2.wav": "train",
     "go/b59fe16d_nohash_0.wav": "train",
 }
 
@@ -293,18 +322,21 @@ def test_speech_commands_hash_rule_matches_the_released_splits(tmp_path):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         write_tone(tmp_path / name, seconds=1.0, sample_rate=16000)
     dm = build(SpeechCommands, tmp_path, download=False)  # no lists: the hash rule splits
-    found = {f"{Path(it.path).parent.name}/{Path(it.path).name}": split
-             for split, items in dm.splits.items() for it in items}
+    found = {
+        f"{Path(it.path).parent.name}/{Path(it.path).name}": split for split, items in dm.splits.items() for it in items
+    }
     assert found == KNOWN_SPLITS
 
 
+@pytest.mark.slow
 def test_speech_commands_twelve_class_setup(tmp_path):
     make_speech_commands(tmp_path, words=("yes", "no", "up", "bed", "cat"), speakers=20)
     dm = build(SpeechCommands, tmp_path, words=["yes", "no", "up"], download=False)
     assert dm.class_names == ["_unknown_", "no", "up", "yes"]
     assert Counter(it.label for items in dm.splits.values() for it in items)["_unknown_"] == 40  # bed, cat
-    dm = build(SpeechCommands, tmp_path, words=["yes", "no", "up"], unknown_share=0.5, silence_share=0.5,
-               download=False)
+    dm = build(
+        SpeechCommands, tmp_path, words=["yes", "no", "up"], unknown_share=0.5, silence_share=0.5, download=False
+    )
     assert dm.class_names == ["_silence_", "_unknown_", "no", "up", "yes"]
     for split, items in dm.splits.items():  # the reference's sizes: ceil(share * target-word recordings)
         counts = Counter(it.label for it in items)
@@ -315,7 +347,7 @@ def test_speech_commands_twelve_class_setup(tmp_path):
     spans = {split: (min(it.start for it in items), max(it.end for it in items)) for split, items in silence.items()}
     assert spans["train"][1] <= 9.6 <= spans["val"][0] and spans["val"][1] <= 10.8 <= spans["test"][0]  # 80/10/10
     assert not [d for d in dm.duplicates if "_background_noise_" in d[1]]  # (the generated words are identical tones)
-    wave = dm.dataset("train", returns="waveform", augment=False)
+    wave = dm.dataset("train", placement="device", augment=False)
     assert all(x["inputs"].shape[0] == 16000 for x in (wave[i] for i in range(len(wave))) if x is not None)
 
 
@@ -325,15 +357,22 @@ BENCHMARK_WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "sto
 def test_speech_commands_noise_augmentation_never_plays_validation_or_test_silence(tmp_path):
     """experiment=speech_commands_cnn mixes _background_noise_ into training recordings; the parts of
     those recordings cut into validation/test _silence_ clips must never be what is mixed in."""
-    from test_configs import compose_train
-
     from audio_cls.config_checks import check_config
+    from test_configs import compose_train
 
     # A ramp: the value of every noise sample says where in the recording it was taken from.
     total = 16000 * 12
     make_speech_commands(tmp_path, words=(*BENCHMARK_WORDS, "bed"), noise=0.1 + 0.8 * np.arange(total) / total)
-    cfg = compose_train(["experiment=speech_commands_cnn", f"data.root={tmp_path}", "data.num_workers=0",
-                         "augment.waveform.shift=0", "augment.waveform.gain_db=null"], tmp_path / "run")
+    cfg = compose_train(
+        [
+            "experiment=speech_commands_cnn",
+            f"data.root={tmp_path}",
+            "data.num_workers=0",
+            "augment.waveform.shift=0",
+            "augment.waveform.gain_db=null",
+        ],
+        tmp_path / "run",
+    )
     assert list(cfg.data.words) == list(BENCHMARK_WORDS)  # strings, not YAML's booleans for yes/no/on/off
     check_config(cfg)
     dm = instantiate_data(cfg)  # as train.py builds it
@@ -343,7 +382,7 @@ def test_speech_commands_noise_augmentation_never_plays_validation_or_test_silen
     first_held_out = round(min(it.start for it in held_out) * 16000)  # sample index in the noise recording
 
     torch.manual_seed(0)
-    clean, noisy = dm.dataset("train", returns="waveform", augment=False), dm.dataset("train", returns="waveform")
+    clean, noisy = dm.dataset("train", placement="device", augment=False), dm.dataset("train", placement="device")
     ends = []
     for _ in range(3):
         for i in range(len(clean)):
@@ -356,25 +395,43 @@ def test_speech_commands_noise_augmentation_never_plays_validation_or_test_silen
             start = intercept / slope - 0.125 * total
             ends.append(start + added.size)
     assert len(ends) > 100 and max(ends) > 0.6 * total  # enough draws, reaching near the boundary
-    assert max(ends) <= first_held_out + 1, f"noise drawn up to sample {max(ends):.0f}, validation/test " \
-                                            f"_silence_ starts at {first_held_out}"
+    assert max(ends) <= first_held_out + 1, (
+        f"noise drawn up to sample {max(ends):.0f}, validation/test _silence_ starts at {first_held_out}"
+    )
 
 
 def test_speech_commands_refuses_noise_augmentation_from_held_out_silence(tmp_path):
     make_speech_commands(tmp_path)
     noise_dir = str(tmp_path / "_background_noise_")
     for noise_range in ((0.0, 1.0), (0.5, 0.85)):
-        with pytest.raises(ConfigError, match=r"augment.waveform.noise_range=\[.*\]: background noise would come from "
-                                              r"the parts of .*_background_noise_ cut into _silence_ clips \(val"):
-            build(SpeechCommands, tmp_path, download=False, silence_share=0.1,
-                  waveform_augment=WaveformAugment(16000, noise_dir=noise_dir, noise_range=noise_range))
+        with pytest.raises(
+            ConfigError,
+            match=r"augment.waveform.noise_range=\[.*\]: background noise would come from "
+            r"the parts of .*_background_noise_ cut into _silence_ clips \(val",
+        ):
+            build(
+                SpeechCommands,
+                tmp_path,
+                download=False,
+                silence_share=0.1,
+                waveform_augment=WaveformAugment(16000, noise_dir=noise_dir, noise_range=noise_range),
+            )
     # the training part, or no _silence_ clips at all, is fine
-    build(SpeechCommands, tmp_path, download=False, silence_share=0.1,
-          waveform_augment=WaveformAugment(16000, noise_dir=noise_dir, noise_range=(0.0, 0.8)))
+    build(
+        SpeechCommands,
+        tmp_path,
+        download=False,
+        silence_share=0.1,
+        waveform_augment=WaveformAugment(16000, noise_dir=noise_dir, noise_range=(0.0, 0.8)),
+    )
     build(SpeechCommands, tmp_path, download=False, waveform_augment=WaveformAugment(16000, noise_dir=noise_dir))
     with pytest.raises(ConfigError, match=r"data.noise_shares: the train and val parts overlap"):
-        build(SpeechCommands, tmp_path, download=False, noise_shares={"train": [0, 0.85], "val": [0.8, 0.9],
-                                                                      "test": [0.9, 1]})
+        build(
+            SpeechCommands,
+            tmp_path,
+            download=False,
+            noise_shares={"train": [0, 0.85], "val": [0.8, 0.9], "test": [0.9, 1]},
+        )
     with pytest.raises(ConfigError, match=r"augment.waveform.noise_range=\[0.9, 0.2\]: expected \[start, end\]"):
         BackgroundNoise(noise_dir, 16000, noise_range=(0.9, 0.2))
 
@@ -382,13 +439,17 @@ def test_speech_commands_refuses_noise_augmentation_from_held_out_silence(tmp_pa
 def test_offline_download_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr("audio_cls.data.speech_commands.URL", "http://127.0.0.1:9/speech_commands_v0.02.tar.gz")
     dm = SpeechCommands(root=str(tmp_path / "sc"), features=LogMel(16000), sample_rate=16000)
-    with pytest.raises(DataError, match=r"Speech Commands v0.02 is not there and downloading it failed .*"
-                                        r"On a machine with internet, download http://127.0.0.1:9/"):
+    with pytest.raises(
+        DataError,
+        match=r"Speech Commands v0.02 is not there and downloading it failed .*"
+        r"On a machine with internet, download http://127.0.0.1:9/",
+    ):
         dm.prepare_data()
     assert not (tmp_path / "sc").exists()  # nothing half-written
     with pytest.raises(DataError, match="no word folders; set data.download=true"):
-        SpeechCommands(root=str(tmp_path / "sc"), features=LogMel(16000), sample_rate=16000,
-                       download=False).prepare_data()
+        SpeechCommands(
+            root=str(tmp_path / "sc"), features=LogMel(16000), sample_rate=16000, download=False
+        ).prepare_data()
 
 
 # --- ESC-50 ----------------------------------------------------------------------------------
@@ -454,14 +515,23 @@ def test_cv_folds_keep_the_test_fold_out_of_training(tones):
         cv_split(items, "logo", 0, 4, 0.2, seed=0)
 
 
+@pytest.mark.slow
 def test_cv_command_on_a_three_fold_dataset(tones, tmp_path):
     files = write_tone_dataset(tones)
     rows = [f"{p.relative_to(tones)},{label},{speaker},{i % 3 + 1}" for i, (p, label, speaker) in enumerate(files)]
     manifest = write_manifest(tones, rows, header="path,label,group,fold")
     run_dir = tmp_path / "cv"
-    proc = run_entry("audio_cls.cv", "data=manifest", f"data.root={manifest}", f"hydra.run.dir={run_dir}",
-                     "trainer.max_epochs=2", "data.num_workers=0", "data.batch_size=8", "trainer.accelerator=cpu",
-                     "model.channels=[8]")
+    proc = run_entry(
+        "audio_cls.cv",
+        "data=manifest",
+        f"data.root={manifest}",
+        f"hydra.run.dir={run_dir}",
+        "trainer.max_epochs=2",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "trainer.accelerator=cpu",
+        "model.channels=[8]",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     with (run_dir / "cv_results.csv").open() as f:
         table = list(csv.DictReader(f))
@@ -486,9 +556,18 @@ def test_cv_command_on_a_three_fold_dataset(tones, tmp_path):
     # an interrupted cross-validation continues: finished folds are read, not trained again
     (run_dir / "fold_2" / "metrics.json").unlink()
     shutil.rmtree(run_dir / "fold_2" / "checkpoints")
-    again = run_entry("audio_cls.cv", "data=manifest", f"data.root={manifest}", f"hydra.run.dir={run_dir}",
-                      "resume=true", "trainer.max_epochs=2", "data.num_workers=0", "data.batch_size=8",
-                      "trainer.accelerator=cpu", "model.channels=[8]")
+    again = run_entry(
+        "audio_cls.cv",
+        "data=manifest",
+        f"data.root={manifest}",
+        f"hydra.run.dir={run_dir}",
+        "resume=true",
+        "trainer.max_epochs=2",
+        "data.num_workers=0",
+        "data.batch_size=8",
+        "trainer.accelerator=cpu",
+        "model.channels=[8]",
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     log = (run_dir / "cv.log").read_text()
     assert log.count("Fold 0 finished earlier") == 1 and log.count("Fold 2 finished earlier") == 0
@@ -519,10 +598,14 @@ def test_augmentation_changes_training_data_only(tones, tmp_path):
     noise_dir.mkdir()
     sf.write(str(noise_dir / "n.wav"), 0.3 * np.random.default_rng(1).standard_normal(16000), 16000)
     augment = WaveformAugment(16000, gain_db=(-6, 6), shift=0.05, noise_dir=str(noise_dir))
-    spec = {"freq_mask": 8, "time_mask": 5}
     plain = build(Folder, tones, features=LogMel(16000, hop_length=160))
-    augmented = build(Folder, tones, features=LogMel(16000, hop_length=160, spec_augment=spec),
-                      waveform_augment=augment)
+    augmented = build(
+        Folder,
+        tones,
+        features=LogMel(16000, hop_length=160),
+        waveform_augment=augment,
+        spec_augment=SpecAugment(freq_mask=8, time_mask=5),
+    )
     for split in ("val", "test"):
         a, b = plain.dataset(split), augmented.dataset(split)
         for i in range(len(a)):
@@ -530,8 +613,8 @@ def test_augmentation_changes_training_data_only(tones, tmp_path):
     a, b = plain.dataset("train"), augmented.dataset("train")
     assert all(not torch.allclose(a[i]["inputs"], b[i]["inputs"]) for i in range(len(a)))
     assert all(torch.equal(a[i]["inputs"], augmented.dataset("train", augment=False)[i]["inputs"]) for i in range(3))
-    with pytest.raises(ConfigError, match="augment.waveform is on but features.placement=cache"):
-        build(Folder, tones, features=LogMel(16000, placement="cache"), waveform_augment=augment)
+    with pytest.raises(ConfigError, match="augment.waveform is on but data.placement=cache"):
+        build(Folder, tones, features=LogMel(16000), placement="cache", waveform_augment=augment)
 
 
 def test_mixup_mixes_pairs_and_trains(tones):
@@ -542,13 +625,20 @@ def test_mixup_mixes_pairs_and_trains(tones):
     assert (mixed_lengths == torch.maximum(lengths, lengths[perm])).all()
 
     import lightning as L
+
     from audio_cls.model import CNN1d
     from audio_cls.module import AudioClassifier
 
     dm = build(Folder, tones)
     module = AudioClassifier(CNN1d(64, 3, channels=[8]), dm.features, dm.class_names, mixup_alpha=0.4)
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     trainer.fit(module, datamodule=dm)
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     with pytest.raises(ConfigError, match="augment.mixup_alpha=-1"):
@@ -563,6 +653,7 @@ def test_balanced_sampling_draws_classes_equally(tmp_path):
             write_tone(tmp_path / label / f"{i}.wav", seconds=0.1, sample_rate=16000)
     plain = build(Folder, tmp_path, val_fraction=0.05, test_fraction=0.05)
     balanced = build(Folder, tmp_path, val_fraction=0.05, test_fraction=0.05, balanced_sampling=True)
+
     def drawn(dm):
         loader = dm.train_dataloader()
         counts = Counter()
@@ -570,45 +661,48 @@ def test_balanced_sampling_draws_classes_equally(tmp_path):
             loader.batch_sampler.sampler.set_epoch(epoch)
             counts.update(dm.splits["train"][i].label for batch in loader.batch_sampler for i, _seed in batch)
         return counts["rare"] / sum(counts.values())
+
     assert drawn(plain) < 0.15 and 0.4 < drawn(balanced) < 0.6
 
 
 # --- every data and augment config, as composed from the command line ---------------------------
 @pytest.mark.parametrize("option", ["fsdd", "folder", "manifest", "esc50", "speech_commands"])
 def test_each_data_config_composes_checks_and_builds(option, tmp_path, fsdd_slice):
+    from audio_cls.config_checks import check_config
     from test_configs import compose_train, options
 
-    from audio_cls.config_checks import check_config
-
-    assert set(options("data")) == {"_base", "fsdd", "folder", "manifest", "esc50", "speech_commands"}
-    root = {"fsdd": lambda: fsdd_slice, "folder": lambda: (write_tone_dataset(tmp_path), tmp_path)[1],
-            "esc50": lambda: (make_esc50(tmp_path), tmp_path)[1],
-            "speech_commands": lambda: (make_speech_commands(tmp_path), tmp_path)[1],
-            "manifest": lambda: write_manifest(tmp_path, [f"{p.relative_to(tmp_path)},{label},,{spk},,"
-                                                          for p, label, spk in write_tone_dataset(tmp_path)])}[option]()
+    assert set(options("data")) == {"fsdd", "folder", "manifest", "esc50", "speech_commands"}
+    root = {
+        "fsdd": lambda: fsdd_slice,
+        "folder": lambda: (write_tone_dataset(tmp_path), tmp_path)[1],
+        "esc50": lambda: (make_esc50(tmp_path), tmp_path)[1],
+        "speech_commands": lambda: (make_speech_commands(tmp_path), tmp_path)[1],
+        "manifest": lambda: write_manifest(
+            tmp_path, [f"{p.relative_to(tmp_path)},{label},,{spk},," for p, label, spk in write_tone_dataset(tmp_path)]
+        ),
+    }[option]()
     cfg = compose_train([f"data={option}", f"data.root={root}", "data.num_workers=0", "augment=speech"], tmp_path)
     check_config(cfg)
     dm = instantiate_data(cfg)
     dm.prepare_data()
     dm.setup("fit")
     assert dm.num_classes >= 3 and all(dm.splits.values())
-    assert dm.waveform_augment is not None and dm.features.spec_augment is not None  # augment=speech reached both
+    assert dm.waveform_augment is not None and dm.spec_augment is not None  # augment=speech reached both
 
 
 def instantiate_data(cfg):
-    from hydra.utils import instantiate
+    from audio_cls.train import build_datamodule
 
-    return instantiate(cfg.data, features=instantiate(cfg.features),
-                       waveform_augment=instantiate(cfg.augment.waveform))
+    return build_datamodule(cfg)
 
 
 def test_augmentation_is_off_by_default(tmp_path, fsdd_slice):
     from test_configs import compose_train
 
     cfg = compose_train([f"data.root={fsdd_slice}", "data.num_workers=0"], tmp_path)
-    assert cfg.augment.mixup_alpha == 0 and cfg.features.spec_augment is None
+    assert cfg.augment.mixup_alpha == 0
     dm = instantiate_data(cfg)
-    assert dm.waveform_augment is None and dm.features.spec_augment is None and not dm.balanced_sampling
+    assert dm.waveform_augment is None and dm.spec_augment is None and not dm.balanced_sampling
 
 
 def test_batches_by_seconds_keep_one_count_per_epoch(tmp_path):
@@ -626,8 +720,9 @@ def test_batches_by_seconds_keep_one_count_per_epoch(tmp_path):
         sampler.sampler.set_epoch(epoch)
         batches = list(sampler)
         counts.add(len(batches))
-        assert all(len(b) * max(dm.seconds[dm.splits["train"][i]] for i, _ in b) <= 3.0 + 1e-6 or len(b) == 1
-                   for b in batches)
+        assert all(
+            len(b) * max(dm.seconds[dm.splits["train"][i]] for i, _ in b) <= 3.0 + 1e-6 or len(b) == 1 for b in batches
+        )
     assert counts == {len(sampler)}
     fixed = build(Folder, tmp_path, shuffle=False, val_fraction=0.1, test_fraction=0.1).train_dataloader().batch_sampler
     first = [[i for i, _ in b] for b in fixed]

@@ -37,10 +37,11 @@ import time
 from dataclasses import dataclass, field
 from importlib.metadata import distribution
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 
-from conftest import FSDD, REPO, write_tone_dataset
+from helpers import FSDD, REPO, write_tone_dataset
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 SCRIPTS = {e.name: e.module for e in distribution("audio-cls").entry_points if e.group == "console_scripts"}
@@ -55,7 +56,9 @@ PLACEHOLDERS = {  # in bash blocks: what the reader would type instead
     "data.root=...": "data.root=my_sounds",
     "/path/to/my_sounds": "my_sounds",
 }
-UNFILLED = re.compile(r"(?<!\?P)<[a-z][a-z _-]*>|\.\.\.")  # <run>, <the same overrides>, ckpt_path=... (not (?P<group>))
+UNFILLED = re.compile(
+    r"(?<!\?P)<[a-z][a-z _-]*>|\.\.\."
+)  # <run>, <the same overrides>, ckpt_path=... (not (?P<group>))
 FENCE = re.compile(r"^(\s*)```\s*([\w-]*)[^`]*$")  # ```lang [info]
 MARKER = re.compile(r"^\s*<!--\s*(skip-test|test-args)\s*(?:`([^`]+)`)?\s*:\s*(.*?)\s*-->\s*$")
 RUNNABLE = {"python": "python", "bash": "shell", "sh": "shell", "shell": "shell"}
@@ -99,8 +102,9 @@ def parse(doc: Path) -> list[Block]:
             indent, lang = fence.groups()
             end = next((j for j in range(i + 1, len(lines)) if lines[j].strip() == "```"), None)
             assert end is not None, f"{doc.name}:{i + 1}: a code fence that is never closed"
-            code = "\n".join(line[len(indent):] if line.startswith(indent) else line.lstrip()
-                             for line in lines[i + 1:end])
+            code = "\n".join(
+                line[len(indent) :] if line.startswith(indent) else line.lstrip() for line in lines[i + 1 : end]
+            )
             block = Block(doc, i + 1, lang.lower(), code)
             for at, kind, prefix, text in markers:
                 assert text, f"{doc.name}:{at}: {kind} needs a {'reason' if kind == 'skip-test' else 'value'}"
@@ -169,8 +173,9 @@ def entry_points(words: list[str]) -> list[tuple[str, list[str]]] | None:
     if Path(words[0]).name.startswith("python") and words[1:2] == ["-m"] and words[2].startswith("audio_cls."):
         return [(words[2], words[3:])]
     if words[0] == "make":  # what the Makefile runs for these targets and variables
-        dry = subprocess.run(["make", "-n", "-s", "-f", str(REPO / "Makefile"), *words[1:]], capture_output=True,
-                             text=True, timeout=60)
+        dry = subprocess.run(
+            ["make", "-n", "-s", "-f", str(REPO / "Makefile"), *words[1:]], capture_output=True, text=True, timeout=60
+        )
         assert dry.returncode == 0, f"make -n {' '.join(words[1:])}: {dry.stderr.strip()}"
         expanded = [entry_points(shlex.split(line)) for line in dry.stdout.splitlines() if line.strip()]
         if expanded and all(expanded):
@@ -212,8 +217,15 @@ def plan(doc: Path) -> list[dict]:
             for module, arguments in entries:
                 for a in extra:
                     arguments = with_args(arguments, a)
-                steps.append({"where": command.where, "kind": "entry", "text": shlex.join(["python", "-m", module,
-                              *arguments]), "module": module, "argv": arguments})
+                steps.append(
+                    {
+                        "where": command.where,
+                        "kind": "entry",
+                        "text": shlex.join(["python", "-m", module, *arguments]),
+                        "module": module,
+                        "argv": arguments,
+                    }
+                )
         stale = (set(block.skip_prefixes) | {p for p, _ in block.args if p}) - used
         assert not stale, f"{block.where}: markers name commands the block does not have: {sorted(stale)}"
     return steps
@@ -237,38 +249,70 @@ def prepare(scratch: Path) -> list[dict]:
     shutil.copy(FSDD / "recordings" / "5_nicolas_40.wav", scratch / "one.wav")
     shutil.copy(FSDD / "recordings" / "8_yweweler_30.wav", scratch / "recording.wav")
     with (scratch / "list.csv").open("w", newline="", encoding="utf-8") as f:
-        csv.writer(f).writerows([("path", "start", "end", "label"), ("recordings/3_nicolas_10.wav", "", "", "3"),
-                                 ("recordings/7_yweweler_12.wav", "0.1", "0.4", "7")])
-    return [{"where": "prepare", "kind": "entry", "module": "audio_cls.train",
-             "text": f"python -m audio_cls.train {RUN_OVERRIDES} hydra.run.dir=logs/train/runs/{RUN}",
-             "argv": [*shlex.split(RUN_OVERRIDES), f"hydra.run.dir=logs/train/runs/{RUN}"]},
-            {"where": "prepare", "kind": "python", "text": f"import shutil; shutil.copy({CHECKPOINT!r}, 'last.ckpt')"}]
+        csv.writer(f).writerows(
+            [
+                ("path", "start", "end", "label"),
+                ("recordings/3_nicolas_10.wav", "", "", "3"),
+                ("recordings/7_yweweler_12.wav", "0.1", "0.4", "7"),
+            ]
+        )
+    return [
+        {
+            "where": "prepare",
+            "kind": "entry",
+            "module": "audio_cls.train",
+            "text": f"python -m audio_cls.train {RUN_OVERRIDES} hydra.run.dir=logs/train/runs/{RUN}",
+            "argv": [*shlex.split(RUN_OVERRIDES), f"hydra.run.dir=logs/train/runs/{RUN}"],
+        },
+        {"where": "prepare", "kind": "python", "text": f"import shutil; shutil.copy({CHECKPOINT!r}, 'last.ckpt')"},
+    ]
 
 
 def run_document(scratch: Path, steps: list[dict], timeout: int = 600) -> list[dict]:
     """Run the steps in a worker process in `scratch`; one result per step."""
     (scratch / ".steps.json").write_text(json.dumps(steps), encoding="utf-8")
     (scratch / ".results.json").write_text("[]", encoding="utf-8")
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           "MPLBACKEND": "Agg"}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "MPLBACKEND": "Agg",
+    }
     env.pop("AUDIO_CLS_ROOT", None)  # data/, logs/ and cache/ are those of the scratch folder
     with (scratch / ".worker.log").open("wb") as log:
-        subprocess.run([sys.executable, __file__, str(scratch)], cwd=scratch, env=env, stdout=log,
-                       stderr=subprocess.STDOUT, timeout=timeout)
+        subprocess.run(
+            [sys.executable, __file__, str(scratch)],
+            cwd=scratch,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            timeout=timeout,
+        )
     results = json.loads((scratch / ".results.json").read_text(encoding="utf-8"))
     if len(results) < len(steps):  # the worker itself died: say where
         tail = (scratch / ".worker.log").read_text(encoding="utf-8", errors="replace")[-3000:]
-        results.append({"where": steps[len(results)]["where"], "text": steps[len(results)]["text"], "code": "crash",
-                        "problems": ["the worker died"], "output": tail, "seconds": 0})
+        results.append(
+            {
+                "where": steps[len(results)]["where"],
+                "text": steps[len(results)]["text"],
+                "code": "crash",
+                "problems": ["the worker died"],
+                "output": tail,
+                "seconds": 0,
+            }
+        )
     return results
 
 
 def failures(results: list[dict]) -> str:
-    return "\n\n".join(f"{r['where']}: {r['text']}\n  exit status {r['code']}; {'; '.join(r['problems'])}\n"
-                       f"{r['output']}" for r in results if r["code"] != 0 or r["problems"])
+    return "\n\n".join(
+        f"{r['where']}: {r['text']}\n  exit status {r['code']}; {'; '.join(r['problems'])}\n{r['output']}"
+        for r in results
+        if r["code"] != 0 or r["problems"]
+    )
 
 
 # --- the tests ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("doc", DOCS, ids=lambda d: str(d.relative_to(REPO)))
 def test_runnable_snippets_run(doc, tmp_path):
@@ -296,35 +340,148 @@ def test_the_convention_catches_what_it_promises(tmp_path):
     """A failing command or Python block, a run that did not finish, a stale marker and an unfilled
     placeholder each fail; skips and test-args apply where they say."""
     doc = tmp_path / "doc.md"
-    doc.write_text("\n".join([
-        "<!-- skip-test `make install`: needs the network -->",
-        "<!-- test-args `python -m audio_cls.train`: debug=fast data.batch_size=8 -->",
-        "```bash", "make install", "python -m audio_cls.train debug=limit \\", "  model=lstm   # a comment",
-        "echo ok > made.txt", "false", "```", "", "```python", "raise SystemExit(3)", "```", "", "```", "text", "```",
-        "<!-- skip-test: needs a GPU -->", "```python", "import nothing_here", "```"]), encoding="utf-8")
-    assert skipped_of(doc) == [("doc.md:4", "make install", "needs the network"),
-                               ("doc.md:19", "the python block", "needs a GPU")]
+    doc.write_text(
+        "\n".join(
+            [
+                "<!-- skip-test `make install`: needs the network -->",
+                "<!-- test-args `python -m audio_cls.train`: debug=fast data.batch_size=8 -->",
+                "```bash",
+                "make install",
+                "python -m audio_cls.train debug=limit \\",
+                "  model=lstm   # a comment",
+                "echo ok > made.txt",
+                "false",
+                "```",
+                "",
+                "```python",
+                "raise SystemExit(3)",
+                "```",
+                "",
+                "```",
+                "text",
+                "```",
+                "<!-- skip-test: needs a GPU -->",
+                "```python",
+                "import nothing_here",
+                "```",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    assert skipped_of(doc) == [
+        ("doc.md:4", "make install", "needs the network"),
+        ("doc.md:19", "the python block", "needs a GPU"),
+    ]
     steps = plan(doc)
     assert [(s["kind"], s["text"]) for s in steps] == [
         ("entry", "python -m audio_cls.train debug=limit model=lstm data.batch_size=8"),
-        ("shell", "echo ok > made.txt"), ("shell", "false"), ("python", "raise SystemExit(3)")]
+        ("shell", "echo ok > made.txt"),
+        ("shell", "false"),
+        ("python", "raise SystemExit(3)"),
+    ]
     assert steps[0]["where"] == "doc.md:5"
     # The shell and Python steps, and a run that failed (its metrics.json as run_task writes it).
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    failed_run = "import json, pathlib; p = pathlib.Path('r/metrics.json'); p.parent.mkdir(); " \
-                 "p.write_text(json.dumps({'status': 'failed', 'error': 'x'}))"
+    failed_run = (
+        "import json, pathlib; p = pathlib.Path('r/metrics.json'); p.parent.mkdir(); "
+        "p.write_text(json.dumps({'status': 'failed', 'error': 'x'}))"
+    )
     results = run_document(scratch, steps[1:] + [{"where": "w", "kind": "python", "text": failed_run}])
     assert (scratch / "made.txt").read_text() == "ok\n"
     assert [(r["code"], r["problems"]) for r in results] == [
-        (0, []), (1, []), (3, []), (0, ["r/metrics.json: status failed: x"])]
-    for bad, message in (("<!-- skip-test `make tset`: typo -->\n```bash\nmake test\n```", "does not have"),
-                         ("```bash\npython -m audio_cls.predict input=<file>\n```", "placeholder '<file>'"),
-                         ("<!-- skip-test: why -->\n\n```bash\nls\n```", "right above a code fence"),
-                         ("<!-- skip-test: -->\n```bash\nls\n```", "needs a reason")):
+        (0, []),
+        (1, []),
+        (3, []),
+        (0, ["r/metrics.json: status failed: x"]),
+    ]
+    for bad, message in (
+        ("<!-- skip-test `make tset`: typo -->\n```bash\nmake test\n```", "does not have"),
+        ("```bash\npython -m audio_cls.predict input=<file>\n```", "placeholder '<file>'"),
+        ("<!-- skip-test: why -->\n\n```bash\nls\n```", "right above a code fence"),
+        ("<!-- skip-test: -->\n```bash\nls\n```", "needs a reason"),
+    ):
         doc.write_text(bad, encoding="utf-8")
         with pytest.raises(AssertionError, match=re.escape(message)):
             plan(doc)
+
+
+# --- relative links --------------------------------------------------------------------------------
+LINKED = [*DOCS, REPO / "benchmarks" / "RESULTS.md", REPO / "notebooks" / "README.md"]
+INLINE_LINK = re.compile(r"\]\(\s*<?([^)\s>]+)>?(?:\s+[\"'(][^)]*)?\)")  # [text](target "title"), ![alt](target)
+REFERENCE_LINK = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?([^\s>]+)>?")  # [label]: target
+CODE_SPAN = re.compile(r"(`+).*?\1")
+
+
+def relative_links(doc: Path) -> list[tuple[int, str]]:
+    """(line, target) of every relative link of a markdown file, outside code fences and code spans; web
+    links (scheme://, mailto:) and links to an anchor of the same page (#...) left out."""
+    links, fence = [], None
+    for number, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), start=1):
+        opening = re.match(r"^\s{0,3}(`{3,}|~{3,})", line)
+        if opening and (fence is None or opening[1].startswith(fence)):
+            fence = None if fence else opening[1]
+            continue
+        if fence:
+            continue
+        text = CODE_SPAN.sub("", line)
+        for target in [*INLINE_LINK.findall(text), *REFERENCE_LINK.findall(text)]:
+            if not re.match(r"^([a-z][a-z0-9+.-]*:|#)", target, re.IGNORECASE):
+                links.append((number, target))
+    return links
+
+
+def broken_links(doc: Path) -> list[str]:
+    """The relative links of a markdown file whose file or folder does not exist (#fragment stripped; a link
+    starting with / is from the repository root, as GitHub reads it)."""
+    broken = []
+    for number, target in relative_links(doc):
+        path = unquote(target.split("#", 1)[0].split("?", 1)[0])
+        resolved = REPO / path.lstrip("/") if path.startswith("/") else doc.parent / path
+        if not resolved.exists():
+            broken.append(f"{name(doc)}:{number}: {target} ({name(resolved.resolve())} does not exist)")
+    return broken
+
+
+@pytest.mark.parametrize("doc", LINKED, ids=lambda d: str(d.relative_to(REPO)))
+def test_relative_links_resolve(doc):
+    assert doc.is_file(), f"{name(doc)} is missing"
+    broken = broken_links(doc)
+    assert not broken, "broken links:\n" + "\n".join(broken)
+
+
+def test_broken_links_are_found(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "there.md").write_text("# There\n", encoding="utf-8")
+    doc = tmp_path / "docs" / "doc.md"
+    doc.write_text(
+        "\n".join(
+            [
+                "[ok](there.md) [ok, anchor](there.md#there) [same page](#top) [web](https://example.com/nowhere.md)",
+                '[ok, title](there.md "There") [ok, folder](../docs) ![missing image](img/plot.png)',
+                "`[in a code span](nowhere.md)` [missing](gone.md#part) [mail](mailto:someone@example.com)",
+                "```",
+                "[in a fence](nowhere.md)",
+                "```",
+                "[missing reference]: ../nothing.md",
+            ]
+        ),
+        encoding="utf-8",
+    )
+    assert [target for _, target in relative_links(doc)] == [
+        "there.md",
+        "there.md#there",
+        "there.md",
+        "../docs",
+        "img/plot.png",
+        "gone.md#part",
+        "../nothing.md",
+    ]
+    assert [b.split(" (")[0] for b in broken_links(doc)] == [
+        "doc.md:2: img/plot.png",
+        "doc.md:3: gone.md#part",
+        "doc.md:7: ../nothing.md",
+    ]
 
 
 # --- the worker: `python tests/test_docs.py SCRATCH` --------------------------------------------------
@@ -369,11 +526,20 @@ def _work(scratch: Path) -> None:
             if before.get(path) != mtime:
                 result = json.loads(path.read_text(encoding="utf-8"))
                 if result.get("status") != "finished":
-                    problems.append(f"{path.relative_to(scratch)}: status {result.get('status')}: {result.get('error')}")
+                    problems.append(
+                        f"{path.relative_to(scratch)}: status {result.get('status')}: {result.get('error')}"
+                    )
         output = log.read_bytes()[offset:].decode("utf-8", errors="replace")
-        results.append({"where": step["where"], "text": step["text"], "code": code, "problems": problems,
-                        "seconds": time.perf_counter() - started,
-                        "output": output[-3000:] if code != 0 or problems else ""})
+        results.append(
+            {
+                "where": step["where"],
+                "text": step["text"],
+                "code": code,
+                "problems": problems,
+                "seconds": time.perf_counter() - started,
+                "output": output[-3000:] if code != 0 or problems else "",
+            }
+        )
         (scratch / ".results.json").write_text(json.dumps(results), encoding="utf-8")
         os.chdir(scratch)  # a snippet may have moved elsewhere
 

@@ -12,7 +12,10 @@ from omegaconf import open_dict
 
 from audio_cls import CONF_DIR
 from audio_cls.eval import evaluate
-from conftest import run_entry, write_tone_dataset
+from helpers import run_entry, write_tone_dataset
+
+# Every test uses a training run (tones_run) made by the audio_cls.train entry point.
+pytestmark = pytest.mark.slow
 
 # Not the defaults (split_seed 0, test_fraction 0.1): a test split that eval's config alone would not give.
 SPLIT = ("data.split_seed=3", "data.test_fraction=0.3")
@@ -24,9 +27,18 @@ def tones_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("tones")
     write_tone_dataset(root)
     run_dir = tmp_path_factory.mktemp("tones_run")
-    proc = run_entry("audio_cls.train", "debug=limit", "data=folder", f"data.root={root}", *SPLIT,
-                     "model.channels=[16,16]", "data.batch_size=8", "logger=none", "test=false",
-                     f"hydra.run.dir={run_dir}")
+    proc = run_entry(
+        "audio_cls.train",
+        "debug=limit",
+        "data=folder",
+        f"data.root={root}",
+        *SPLIT,
+        "model.channels=[16,16]",
+        "data.batch_size=8",
+        "logger=none",
+        "test=false",
+        f"hydra.run.dir={run_dir}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root, run_dir
 
@@ -43,8 +55,7 @@ def files_of_test_split(path):
 
 def eval_config(ckpt, output_dir, overrides=()):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("eval", overrides=[f"ckpt_path={ckpt}", "logger=none", "trainer.accelerator=cpu",
-                                         *overrides])
+        cfg = compose("eval", overrides=[f"ckpt_path={ckpt}", "logger=none", "trainer.accelerator=cpu", *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)  # outside a Hydra run there is no hydra:runtime.output_dir
     return cfg
@@ -55,8 +66,14 @@ def test_eval_tests_exactly_the_training_runs_test_split(tones_run, tmp_path):
     trained_test = files_of_test_split(run_dir / "splits.csv")
     assert 0 < len(trained_test) < len(rows(run_dir / "splits.csv"))
     # as a user runs it: the eval config's own data defaults (FSDD) play no part; batch size from the command line
-    proc = run_entry("audio_cls.eval", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "data.batch_size=1",
-                     "data.num_workers=0", "logger=none", f"hydra.run.dir={tmp_path}")
+    proc = run_entry(
+        "audio_cls.eval",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        "data.batch_size=1",
+        "data.num_workers=0",
+        "logger=none",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "splits.csv").read_text() == (run_dir / "splits.csv").read_text()  # every split as trained
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -136,6 +153,9 @@ def test_eval_refuses_a_checkpoint_whose_data_target_is_not_trusted(tones_run, t
     checkpoint["hyper_parameters"]["config"]["data"]["_target_"] = "shutil.rmtree"
     ckpt = tmp_path / "tampered.ckpt"
     torch.save(checkpoint, ckpt)
-    with pytest.raises(ConfigError, match=r"data._target_=shutil.rmtree is not a class of .*; or choose the data "
-                                          r"explicitly with data=NAME"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data._target_=shutil.rmtree is not a class of .*; or choose the data "
+        r"explicitly with data=NAME",
+    ):
         evaluate(eval_config(ckpt, tmp_path), overrides=[])

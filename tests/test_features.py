@@ -77,3 +77,22 @@ def test_extraction_stays_float32_under_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = fx(torch.randn(2, 4000))
     assert out.dtype == torch.float32
+
+
+def test_mfcc_is_torchaudios_and_loads_weights_of_the_earlier_layout():
+    """MFCC shares LogMel's mel front end and computes exactly torchaudio's MFCC(log_mels=True); a state
+    dict of the earlier layout (torchaudio's module held as `mfcc`) loads into it."""
+    import torchaudio.transforms as T
+
+    from audio_cls.features import MFCC
+
+    mel = dict(n_fft=256, hop_length=80, n_mels=64)
+    ours = MFCC(8000, n_mfcc=20, normalize="global", **mel)
+    theirs = T.MFCC(8000, n_mfcc=20, log_mels=True, melkwargs={**mel, "pad_mode": "constant"})
+    wave = torch.randn(2, 4000)
+    torch.testing.assert_close(ours.compute(wave), theirs(wave).transpose(-1, -2), rtol=0, atol=0)
+    earlier = {f"mfcc.{k}": v for k, v in theirs.state_dict().items()}
+    earlier.update({"norm.mean": torch.full((20,), 2.0), "norm.std": torch.ones(20), "norm.fitted": torch.tensor(True)})
+    fresh = MFCC(8000, n_mfcc=20, normalize="global", **mel)
+    fresh.load_state_dict(earlier)
+    assert bool(fresh.norm.fitted) and fresh.norm.mean[0] == 2.0

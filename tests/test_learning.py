@@ -11,16 +11,29 @@ import csv
 import json
 import math
 
-from conftest import run_entry
+import pytest
+
+from helpers import run_entry
+
+# Every test trains through the audio_cls.train entry point.
+pytestmark = pytest.mark.slow
 
 CHANCE = 0.1  # ten digits
 
 
 def test_overfit_debug_config_fits_one_batch(fsdd_slice, tmp_path):
     # debug=overfit as shipped (one batch, no early stopping), on a batch of 16 with fewer epochs than its 60.
-    proc = run_entry("audio_cls.train", "debug=overfit", f"data.root={fsdd_slice}", f"hydra.run.dir={tmp_path}",
-                     f"paths.cache_dir={tmp_path / 'cache'}", "data.batch_size=16", "trainer.max_epochs=15",
-                     "logger=csv", "test=false")
+    proc = run_entry(
+        "audio_cls.train",
+        "debug=overfit",
+        f"data.root={fsdd_slice}",
+        f"hydra.run.dir={tmp_path}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "data.batch_size=16",
+        "trainer.max_epochs=15",
+        "logger=csv",
+        "test=false",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["epochs"] == 15
@@ -35,9 +48,16 @@ def test_overfit_debug_config_fits_one_batch(fsdd_slice, tmp_path):
 
 def test_short_run_beats_chance_by_a_wide_margin(fsdd_slice, tmp_path):
     # The shipped defaults (the default CNN1d on log-mel, feature placement, workers, cosine schedule), 5 epochs.
-    proc = run_entry("audio_cls.train", f"data.root={fsdd_slice}", f"hydra.run.dir={tmp_path}",
-                     f"paths.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=5", "data.batch_size=16",
-                     "trainer.accelerator=cpu", "logger=none")
+    proc = run_entry(
+        "audio_cls.train",
+        f"data.root={fsdd_slice}",
+        f"hydra.run.dir={tmp_path}",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+        "trainer.max_epochs=5",
+        "data.batch_size=16",
+        "trainer.accelerator=cpu",
+        "logger=none",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "finished"

@@ -1,14 +1,29 @@
+import warnings
+
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
+from audio_cls import CONF_DIR
 from audio_cls.errors import ConfigError
+from audio_cls.inference import minimum_samples
 from audio_cls.model import CNN1d, CNN2d, LSTMClassifier
-from audio_cls.model.layers import conv_output_length, masked_pool
+from audio_cls.model.crnn import CRNN
+from audio_cls.model.layers import conv_output_length, last_state, masked_pool, min_input_frames
 
 
-@pytest.mark.parametrize("n1,kernel,stride,padding,dilation", [
-    (100, 2, 1, 0, 1), (100, 5, 2, 0, 1), (37, 3, 3, 1, 1), (50, 3, 1, 0, 4), (9, 4, 2, 2, 2), (64, 5, 1, 2, 1),
-])
+@pytest.mark.parametrize(
+    "n1,kernel,stride,padding,dilation",
+    [
+        (100, 2, 1, 0, 1),
+        (100, 5, 2, 0, 1),
+        (37, 3, 3, 1, 1),
+        (50, 3, 1, 0, 4),
+        (9, 4, 2, 2, 2),
+        (64, 5, 1, 2, 1),
+    ],
+)
 def test_conv_length_formula_matches_pytorch(n1, kernel, stride, padding, dilation):
     conv = torch.nn.Conv1d(1, 1, kernel, stride=stride, padding=padding, dilation=dilation)
     assert conv(torch.zeros(1, 1, n1)).shape[-1] == conv_output_length(n1, kernel, stride, padding, dilation)
@@ -21,11 +36,14 @@ def test_note_example_n2_is_n1_minus_one():
     assert net.blocks[0][0].in_channels == 256 and net.blocks[0][0].out_channels == 100
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(kernel_size=5, padding="same", pool_size=2),
-    dict(kernel_size=[3, 5, 2], padding=[0, 2, 0], stride=[1, 2, 1], pool_size=1),
-    dict(kernel_size=3, dilation=[1, 2, 4], padding="valid", pool_size=[2, 1, 1]),
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kernel_size=5, padding="same", pool_size=2),
+        dict(kernel_size=[3, 5, 2], padding=[0, 2, 0], stride=[1, 2, 1], pool_size=1),
+        dict(kernel_size=3, dilation=[1, 2, 4], padding="valid", pool_size=[2, 1, 1]),
+    ],
+)
 def test_cnn1d_tracked_lengths_equal_real_output_lengths(kwargs):
     net = CNN1d(8, 4, channels=[6, 6, 6], **kwargs).eval()
     h = torch.randn(1, 8, 61)
@@ -98,3 +116,65 @@ def test_masked_pool_ignores_padding():
     x = torch.tensor([[[1.0], [3.0], [100.0]]])
     assert masked_pool(x, torch.tensor([2]), "mean").item() == 2.0
     assert masked_pool(x, torch.tensor([2]), "max").item() == 3.0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kernel_size=5, padding="same", pool_size=2),
+        dict(kernel_size=[3, 5, 2], padding=[0, 2, 0], stride=[1, 2, 1], pool_size=1),
+        dict(kernel_size=3, dilation=[1, 2, 4], padding="valid", pool_size=[2, 1, 3]),
+        dict(kernel_size=[7, 4, 3], stride=[3, 2, 1], padding=[1, 0, 2], pool_size=[1, 2, 2]),
+    ],
+)
+def test_min_input_frames_is_the_fewest_that_survive_every_block(kwargs):
+    for net in (CNN1d(8, 4, channels=[6, 6, 6], **kwargs), CRNN(8, 4, channels=[6, 6, 6], **kwargs)):
+        n = min_input_frames(net)
+        assert n == net.min_input_frames() == net.blocks.min_input_frames()
+        assert min(net.block_lengths(n)) >= 1
+        assert n == 1 or min(net.block_lengths(n - 1)) < 1
+        net.eval()(torch.randn(1, n, 8), torch.tensor([n]))  # accepted
+        if n > 1:
+            with pytest.raises(ConfigError, match=f"an input of {n - 1} frames shrinks to 0 frames after block"):
+                net(torch.randn(1, n - 1, 8), torch.tensor([n - 1]))
+
+
+def test_networks_without_min_input_frames_accept_one_frame():
+    assert not hasattr(LSTMClassifier(4, 3), "min_input_frames") and min_input_frames(LSTMClassifier(4, 3)) == 1
+
+
+@pytest.fixture(scope="module")
+def logmel():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return instantiate(compose("train", overrides=["features=logmel"]).features)
+
+
+def test_minimum_samples_for_a_network_without_min_input_frames(logmel):
+    n = minimum_samples(logmel, LSTMClassifier(logmel.num_features, 3))
+    assert logmel.num_frames(n) >= 1 and (n == 1 or logmel.num_frames(n - 1) < 1)
+
+
+@pytest.mark.parametrize("channels,pool_size", [([8, 8, 8], 2), ([8, 8], 3)])
+def test_minimum_samples_for_a_cnn_keeps_a_frame_after_every_block(logmel, channels, pool_size):
+    net = CNN1d(logmel.num_features, 3, channels=channels, kernel_size=3, padding="valid", pool_size=pool_size)
+    n = minimum_samples(logmel, net)
+    assert min(net.block_lengths(logmel.num_frames(n))) >= 1
+    assert min(net.block_lengths(logmel.num_frames(n - 1))) < 1
+
+
+def test_length_check_stays_out_of_traced_graphs():
+    """The shortest-length check reads `int(lengths.min())` in eager mode only: tracing needs no patching."""
+    net = CNN1d(8, 4, channels=[6, 6], kernel_size=3, padding="valid").eval()
+    x, lengths = torch.randn(2, 20, 8), torch.tensor([20, 13])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)  # e.g. "Converting a tensor to a Python integer"
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.jit is deprecated in torch 2.11
+        traced = torch.jit.trace(net, (x, lengths))
+    torch.testing.assert_close(traced(x, lengths), net(x, lengths))
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_last_state_is_the_top_layers_final_states(bidirectional):
+    h_n = torch.randn(3 * (2 if bidirectional else 1), 5, 4)  # (layers * directions, batch, hidden)
+    top = [h_n[-2], h_n[-1]] if bidirectional else [h_n[-1]]
+    torch.testing.assert_close(last_state(h_n, bidirectional), torch.cat(top, dim=-1))

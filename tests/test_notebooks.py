@@ -16,7 +16,7 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 from nbclient import NotebookClient
 
-from conftest import REPO
+from helpers import REPO
 
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
@@ -24,8 +24,7 @@ CELL_TIMEOUT_S = 300
 
 
 def test_the_notebooks_are_there():
-    assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_new_module.ipynb",
-                                           "03_reading_a_sweep.ipynb"]
+    assert [p.name for p in NOTEBOOKS] == ["01_quickstart.ipynb", "02_new_module.ipynb", "03_reading_a_sweep.ipynb"]
 
 
 def parameters_cell(nb) -> int:
@@ -40,8 +39,11 @@ def test_notebook_is_stored_without_outputs(path):
     `jupyter nbconvert --clear-output --inplace notebooks/*.ipynb` or nbstripout."""
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
-    dirty = [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
-             and (cell.outputs or cell.execution_count is not None)]
+    dirty = [
+        i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)
+    ]
     assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts"
     assert not any(cell.get("attachments") for cell in nb.cells), f"{path.name}: a cell has attachments"
     first_code = next(i for i, cell in enumerate(nb.cells) if cell.cell_type == "code")
@@ -55,12 +57,19 @@ def kernel_dirs(tmp_path_factory):
     other `python3` kernels are installed."""
     spec = tmp_path_factory.mktemp("kernels") / "audio-cls"
     spec.mkdir()
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "audio-cls (test)", "language": "python"}))
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "audio-cls (test)",
+                "language": "python",
+            }
+        )
+    )
     return [str(spec.parent)]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_top_to_bottom(path, tmp_path, kernel_dirs):
@@ -71,8 +80,10 @@ def test_notebook_runs_top_to_bottom(path, tmp_path, kernel_dirs):
     started = time.perf_counter()
     client.execute()  # raises CellExecutionError, with the cell and traceback, if any cell raises
     print(f"{path.name}: {time.perf_counter() - started:.1f} s")
-    errors = [out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
-              if out.output_type == "error"]
+    errors = [
+        out for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs if out.output_type == "error"
+    ]
     assert not errors
-    assert any(out.get("data", {}).get("image/png") for cell in nb.cells if cell.cell_type == "code"
-               for out in cell.outputs), f"{path.name} drew no plot"
+    assert any(
+        out.get("data", {}).get("image/png") for cell in nb.cells if cell.cell_type == "code" for out in cell.outputs
+    ), f"{path.name} drew no plot"

@@ -1,7 +1,7 @@
 """An item's logits do not depend on the batch it is in: for every network in conf/model/ with its shipped
-settings, and the note's seed examples, an item alone and inside any padded batch agree (eval mode), and in
-training mode padding stays out of batch-norm statistics. Property-based: hypothesis draws lengths, batch
-compositions and what the padding holds."""
+settings, and the examples of the practitioner's note the template grew from (note_conv1d, note_lstm), an item
+alone and inside any padded batch agree (eval mode), and in training mode padding stays out of batch-norm
+statistics. Property-based: hypothesis draws lengths, batch compositions and what the padding holds."""
 
 import pytest
 import torch
@@ -14,8 +14,12 @@ from audio_cls import CONF_DIR
 
 # (name, overrides): every conf/model/*.yaml as shipped, and the experiments that change a network's settings.
 NETWORKS = {
-    "cnn1d": ["model=cnn1d"], "cnn2d": ["model=cnn2d"], "crnn": ["model=crnn"], "lstm": ["model=lstm"],
-    "seed_conv1d": ["experiment=seed_conv1d"], "seed_lstm": ["experiment=seed_lstm"],
+    "cnn1d": ["model=cnn1d"],
+    "cnn2d": ["model=cnn2d"],
+    "crnn": ["model=crnn"],
+    "lstm": ["model=lstm"],
+    "note_conv1d": ["experiment=note_conv1d"],
+    "note_lstm": ["experiment=note_lstm"],
     "fsdd_lstm": ["experiment=fsdd_lstm"],
 }
 PADDING = st.sampled_from([0.0, -100.0, 37.0, float("nan")])  # zeros, log(0) in dB, garbage, NaN
@@ -38,7 +42,14 @@ def build(name: str):
     return net, features.num_features
 
 
-@pytest.fixture(scope="module", params=list(NETWORKS))
+# make test-fast (-m "not slow") checks the convolutional networks here; the recurrent ones take 3-8 s each on
+# 2 CPU cores, and test_crnn.py / test_models.py check their padding invariance in the fast tests too.
+SLOW_NETWORKS = {"crnn", "lstm", "note_lstm", "fsdd_lstm"}
+
+
+@pytest.fixture(
+    scope="module", params=[pytest.param(n, marks=pytest.mark.slow) if n in SLOW_NETWORKS else n for n in NETWORKS]
+)
 def network(request):
     return build(request.param)
 
@@ -70,7 +81,7 @@ def test_item_alone_and_in_any_padded_batch_give_the_same_logits(network, data, 
             torch.testing.assert_close(batched[i : i + 1], alone, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["cnn1d", "cnn2d", "crnn"])
+@pytest.mark.parametrize("name", ["cnn1d", *(pytest.param(n, marks=pytest.mark.slow) for n in ("cnn2d", "crnn"))])
 @settings(max_examples=8, deadline=None)
 @given(data=st.data(), pad_value=PADDING)
 def test_batch_norm_statistics_come_from_valid_frames_only(name, data, pad_value):

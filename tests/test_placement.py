@@ -3,16 +3,15 @@ invalidated; multi-process (DDP on CPU) and bf16 mixed precision runs write one 
 
 import json
 import os
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from audio_cls.augment import SpecAugment
 from audio_cls.data.fsdd import FSDD
 from audio_cls.features import MFCC, LogMel, RawWaveform, Spectrogram
-from audio_cls.model import CNN1d
-from audio_cls.module import AudioClassifier
-from conftest import run_entry
-
+from helpers import run_entry
 
 FRONT_ENDS = {  # every feature type of conf/features/
     "logmel": lambda **kw: LogMel(8000, hop_length=80, **kw),
@@ -23,16 +22,24 @@ FRONT_ENDS = {  # every feature type of conf/features/
 
 
 def batches(root, tmp_path, placement, normalize, make=FRONT_ENDS["logmel"], duration=None, split="val"):
-    features = make(normalize=normalize, placement=placement)
-    dm = FSDD(root=str(root), features=features, sample_rate=8000, batch_size=16, cache_dir=str(tmp_path),
-              duration=duration, num_workers=2)
+    features = make(normalize=normalize)
+    dm = FSDD(
+        root=str(root),
+        features=features,
+        placement=placement,
+        sample_rate=8000,
+        batch_size=16,
+        cache_dir=str(tmp_path),
+        duration=duration,
+        num_workers=2,
+    )
     dm.setup("fit")
-    module = AudioClassifier(CNN1d(features.num_features, 10, channels=[4]), dm.features, dm.class_names).eval()
     loader = {"val": dm.val_dataloader, "test": dm.test_dataloader}[split]()
     # on_after_batch_transfer is where placement=device extracts; a no-op for the other placements
-    return [module.on_after_batch_transfer(b, 0) for b in loader], dm
+    return [dm.on_after_batch_transfer(b, 0) for b in loader], dm
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("duration", [None, 0.5])
 @pytest.mark.parametrize("normalize", ["none", "utterance", "global"])
 @pytest.mark.parametrize("front_end", list(FRONT_ENDS))
@@ -52,14 +59,22 @@ def test_every_placement_gives_the_same_features(fsdd_slice, tmp_path, normalize
             torch.testing.assert_close(b["inputs"][mask], a["inputs"][mask], atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_cached_training_clips_shorter_than_duration_match_the_waveform_path(fsdd_slice, tmp_path):
     """Training with `duration`: a recording shorter than it is padded with silence before extraction in the
     cache too (longer ones are cut to a random span of frames instead of samples: see AudioDataset)."""
     datasets = {}
     for placement in ("worker", "cache"):
-        features = LogMel(8000, hop_length=80, normalize="none", placement=placement)
-        dm = FSDD(root=str(fsdd_slice), features=features, sample_rate=8000, duration=2.5,
-                  cache_dir=str(tmp_path / placement), num_workers=0)
+        features = LogMel(8000, hop_length=80, normalize="none")
+        dm = FSDD(
+            root=str(fsdd_slice),
+            features=features,
+            placement=placement,
+            sample_rate=8000,
+            duration=2.5,
+            cache_dir=str(tmp_path / placement),
+            num_workers=0,
+        )
         dm.setup("fit")
         datasets[placement] = dm.dataset("train")
     for index in range(0, len(datasets["worker"]), 7):  # FSDD clips are under 2.5 s: all are padded
@@ -68,6 +83,7 @@ def test_cached_training_clips_shorter_than_duration_match_the_waveform_path(fsd
         torch.testing.assert_close(b, a, atol=1e-3, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_cache_is_reused_and_invalidated(fsdd_slice, tmp_path):
     _, dm = batches(fsdd_slice, tmp_path, "cache", "none")
     files = sorted(tmp_path.glob("FSDD-*.pt"))
@@ -76,8 +92,10 @@ def test_cache_is_reused_and_invalidated(fsdd_slice, tmp_path):
     batches(fsdd_slice, tmp_path, "cache", "none")  # same extractor and files: read, not rewritten
     assert {f: f.stat().st_mtime_ns for f in tmp_path.glob("FSDD-*.pt")} == stamps
 
-    features = LogMel(8000, hop_length=80, n_mels=40, placement="cache")  # another extractor
-    FSDD(root=str(fsdd_slice), features=features, sample_rate=8000, cache_dir=str(tmp_path)).setup("fit")
+    features = LogMel(8000, hop_length=80, n_mels=40)  # another extractor
+    FSDD(root=str(fsdd_slice), features=features, placement="cache", sample_rate=8000, cache_dir=str(tmp_path)).setup(
+        "fit"
+    )
     assert len(list(tmp_path.glob("FSDD-*.pt"))) == 6
 
     changed = dm.splits["test"][0].path  # a file changes: its split's cache no longer matches
@@ -86,20 +104,35 @@ def test_cache_is_reused_and_invalidated(fsdd_slice, tmp_path):
     assert len(list(tmp_path.glob("FSDD-test-*.pt"))) == 3 and len(list(tmp_path.glob("FSDD-train-*.pt"))) == 2
 
 
+@pytest.mark.slow
 def test_device_placement_trains_end_to_end(fsdd_slice, tmp_path):
-    proc = run_entry("audio_cls.train", "debug=limit", "features.placement=device", "features.normalize=global",
-                     f"data.root={fsdd_slice}", f"hydra.run.dir={tmp_path}")
+    proc = run_entry(
+        "audio_cls.train",
+        "debug=limit",
+        "data.placement=device",
+        "features.normalize=global",
+        f"data.root={fsdd_slice}",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_writes_one_run(fsdd_slice, tmp_path):
     """Both ranks start at once against an empty feature cache: each writes the cache files through a
     temporary name of its own (a shared one made the slower rank's rename fail)."""
     logs = tmp_path / "logs"
-    proc = run_entry("audio_cls.train", "debug=limit", "trainer=ddp_cpu", f"data.root={fsdd_slice}",
-                     f"paths.log_dir={logs}", "data.batch_size=8", "features.placement=cache",
-                     f"paths.cache_dir={tmp_path / 'cache'}")
+    proc = run_entry(
+        "audio_cls.train",
+        "debug=limit",
+        "trainer=ddp_cpu",
+        f"data.root={fsdd_slice}",
+        f"paths.log_dir={logs}",
+        "data.batch_size=8",
+        "data.placement=cache",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((logs / "train" / "runs").iterdir())
     assert len(runs) == 1  # the second process writes into the first one's directory
@@ -110,9 +143,15 @@ def test_ddp_on_two_cpu_processes_writes_one_run(fsdd_slice, tmp_path):
     assert not list((tmp_path / "cache").glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_on_cpu(fsdd_slice, tmp_path):
-    proc = run_entry("audio_cls.train", "debug=limit", "trainer.precision=bf16-mixed", f"data.root={fsdd_slice}",
-                     f"hydra.run.dir={tmp_path}")
+    proc = run_entry(
+        "audio_cls.train",
+        "debug=limit",
+        "trainer.precision=bf16-mixed",
+        f"data.root={fsdd_slice}",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["train/loss"] == metrics["train/loss"]  # not NaN
@@ -124,19 +163,27 @@ def zero_bands(batch):
     return ((batch["inputs"].abs() * mask).sum(1) == 0).sum(1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("placement", ["worker", "device", "cache"])
 def test_feature_augmentation_follows_extraction_in_training_only(fsdd_slice, tmp_path, placement):
     batches = {}
     for name, augment in (("plain", None), ("augmented", dict(freq_mask=20, time_mask=5, num_masks=2))):
-        features = LogMel(8000, hop_length=80, normalize="utterance", placement=placement, spec_augment=augment)
-        dm = FSDD(root=str(fsdd_slice), features=features, sample_rate=8000, batch_size=16,
-                  cache_dir=str(tmp_path))
+        features = LogMel(8000, hop_length=80, normalize="utterance")
+        dm = FSDD(
+            root=str(fsdd_slice),
+            features=features,
+            placement=placement,
+            sample_rate=8000,
+            batch_size=16,
+            cache_dir=str(tmp_path),
+            spec_augment=SpecAugment(**augment) if augment else None,
+        )
         dm.setup("fit")
-        module = AudioClassifier(CNN1d(64, 10, channels=[4]), dm.features, dm.class_names)
-        module.train()
-        train = module.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
-        module.eval()
-        val = module.on_after_batch_transfer(next(iter(dm.val_dataloader())), 0)
+        train, val = next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))
+        dm.trainer = SimpleNamespace(training=True)  # what the hook asks of Lightning's trainer
+        train = dm.on_after_batch_transfer(train, 0)
+        dm.trainer = SimpleNamespace(training=False)
+        val = dm.on_after_batch_transfer(val, 0)
         batches[name] = (train, val)
     (plain_train, plain_val), (aug_train, aug_val) = batches["plain"], batches["augmented"]
     assert torch.equal(plain_train["targets"], aug_train["targets"])  # same clips: the order is seeded
@@ -150,8 +197,15 @@ def test_processes_filling_the_cache_at_once_do_not_collide(fsdd_slice, tmp_path
     import threading
     import time
 
-    features = LogMel(8000, hop_length=80, normalize="none", placement="cache")
-    dm = FSDD(root=str(fsdd_slice), features=features, sample_rate=8000, cache_dir=str(tmp_path), num_workers=0)
+    features = LogMel(8000, hop_length=80, normalize="none")
+    dm = FSDD(
+        root=str(fsdd_slice),
+        features=features,
+        placement="cache",
+        sample_rate=8000,
+        cache_dir=str(tmp_path),
+        num_workers=0,
+    )
     dm.splits = dm.build_splits()
     dm._check_splits()
     save = torch.save

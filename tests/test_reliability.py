@@ -17,10 +17,16 @@ from audio_cls.audio import audio_info
 from audio_cls.data.base import AudioDataModule, Item
 from audio_cls.errors import DataError
 from audio_cls.features import LogMel
-from conftest import REPO, run_entry, write_tone
+from helpers import REPO, run_entry, write_tone
 
-SHORT_RUN = ["debug=limit", "trainer.limit_train_batches=6", "data.batch_size=16", "trainer.deterministic=true",
-             "callbacks.early_stopping=null", "seed=3"]
+SHORT_RUN = [
+    "debug=limit",
+    "trainer.limit_train_batches=6",
+    "data.batch_size=16",
+    "trainer.deterministic=true",
+    "callbacks.early_stopping=null",
+    "seed=3",
+]
 # What users run: DataLoader workers, waveform + feature augmentation, random crops (debug=limit turns workers off).
 AS_USERS_RUN = [*SHORT_RUN, "data.num_workers=2", "augment=speech", "data.duration=0.8"]
 COMPARED = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/loss")
@@ -42,28 +48,44 @@ def wait_for(path, proc, timeout=240):
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_metrics(fsdd_slice, tmp_path):
     """With workers and augmentation on, and whatever the number of workers: each item's random draws come
     from (seed, epoch, position), not from the worker that loads it."""
     runs = {tmp_path / "a": "data.num_workers=2", tmp_path / "b": "data.num_workers=1"}
     for run, workers in runs.items():
-        proc = run_entry("audio_cls.train", *AS_USERS_RUN, workers, "trainer.max_epochs=2",
-                         f"data.root={fsdd_slice}", f"hydra.run.dir={run}")
+        proc = run_entry(
+            "audio_cls.train",
+            *AS_USERS_RUN,
+            workers,
+            "trainer.max_epochs=2",
+            f"data.root={fsdd_slice}",
+            f"hydra.run.dir={run}",
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
     a, b = (metrics_of(r) for r in runs)
     assert {k: a[k] for k in COMPARED} == {k: b[k] for k in COMPARED}
 
 
+@pytest.mark.slow
 def test_other_seed_gives_other_augmentation(fsdd_slice, tmp_path):
     """The counterpart of the test above: the augmentation does draw, so identical metrics mean something."""
     runs = {tmp_path / "a": "seed=3", tmp_path / "b": "seed=4"}
     for run, seed in runs.items():
-        proc = run_entry("audio_cls.train", *AS_USERS_RUN, seed, "trainer.max_epochs=1", "test=false",
-                         f"data.root={fsdd_slice}", f"hydra.run.dir={run}")
+        proc = run_entry(
+            "audio_cls.train",
+            *AS_USERS_RUN,
+            seed,
+            "trainer.max_epochs=1",
+            "test=false",
+            f"data.root={fsdd_slice}",
+            f"hydra.run.dir={run}",
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert metrics_of(tmp_path / "a")["train/loss"] != metrics_of(tmp_path / "b")["train/loss"]
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(fsdd_slice, tmp_path):
     """SIGKILL after epoch 1, resume with ckpt_path=last: exactly the uninterrupted run's metrics, with
     persistent DataLoader workers, waveform and SpecAugment augmentation and random crops on."""
@@ -73,8 +95,9 @@ def test_killed_run_resumes_to_the_same_result(fsdd_slice, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(*args, f"hydra.run.dir={killed}"), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(*args, f"hydra.run.dir={killed}"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     wait_for(killed / "checkpoints" / "last.ckpt", proc)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
@@ -89,11 +112,16 @@ def test_killed_run_resumes_to_the_same_result(fsdd_slice, tmp_path):
     assert {k: b[k] for k in COMPARED} == {k: a[k] for k in COMPARED}
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_marks_the_run(fsdd_slice, tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen(train_cmd(*SHORT_RUN, "trainer.max_epochs=200", f"data.root={fsdd_slice}",
-                                      f"hydra.run.dir={run}"), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cmd(*SHORT_RUN, "trainer.max_epochs=200", f"data.root={fsdd_slice}", f"hydra.run.dir={run}"),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     last = run / "checkpoints" / "last.ckpt"
     wait_for(last, proc)
     first_step = torch.load(last, weights_only=True)["global_step"]
@@ -106,8 +134,14 @@ def test_sigterm_saves_a_checkpoint_and_marks_the_run(fsdd_slice, tmp_path):
     assert saved["global_step"] > first_step  # written at the interruption, not at the last epoch end
     # The resumed run continues from that step (not from scratch) and finishes the epochs it was given.
     epochs = saved["epoch"] + 2
-    resumed = run_entry("audio_cls.train", *SHORT_RUN, f"trainer.max_epochs={epochs}", f"data.root={fsdd_slice}",
-                        f"hydra.run.dir={run}", "ckpt_path=last")
+    resumed = run_entry(
+        "audio_cls.train",
+        *SHORT_RUN,
+        f"trainer.max_epochs={epochs}",
+        f"data.root={fsdd_slice}",
+        f"hydra.run.dir={run}",
+        "ckpt_path=last",
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     metrics = metrics_of(run)
     assert metrics["status"] == "finished" and metrics["epochs"] == epochs
@@ -115,11 +149,20 @@ def test_sigterm_saves_a_checkpoint_and_marks_the_run(fsdd_slice, tmp_path):
     assert final["global_step"] > saved["global_step"] and final["epoch"] == epochs - 1
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(fsdd_slice, tmp_path):
     # Epoch 0 trains normally; the step scheduler then multiplies the learning rate by 1e30.
-    proc = run_entry("audio_cls.train", *SHORT_RUN, "trainer.max_epochs=3", "optimizer=sgd",
-                     "scheduler=step", "scheduler.step_size=1", "scheduler.gamma=1e30",
-                     f"data.root={fsdd_slice}", f"hydra.run.dir={tmp_path}")
+    proc = run_entry(
+        "audio_cls.train",
+        *SHORT_RUN,
+        "trainer.max_epochs=3",
+        "optimizer=sgd",
+        "scheduler=step",
+        "scheduler.step_size=1",
+        "scheduler.gamma=1e30",
+        f"data.root={fsdd_slice}",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert proc.returncode == 1
     assert "error: the training loss is" in proc.stderr and "at step" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -128,13 +171,17 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(fsdd_sl
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["data.batch_size=abc"], "error: data.batch_size='abc': expected int"),
-    (["data.batch_size=-4"], "error: data.batch_size=-4: must be positive"),
-    (["optimizer.lr=-0.1"], "error: optimizer.lr=-0.1: must be positive"),
-    (["data.root=???"], "error: data.root: Missing mandatory value"),
-    (["+model.widht=3"], "error: model.widht: audio_cls.model.CNN1d takes no such argument"),
-])
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["data.batch_size=abc"], "error: data.batch_size='abc': expected int"),
+        (["data.batch_size=-4"], "error: data.batch_size=-4: must be positive"),
+        (["optimizer.lr=-0.1"], "error: optimizer.lr=-0.1: must be positive"),
+        (["data.root=???"], "error: data.root: Missing mandatory value"),
+        (["+model.widht=3"], "error: model.widht: audio_cls.model.CNN1d takes no such argument"),
+    ],
+)
 def test_config_errors_are_one_line_before_any_data_is_read(overrides, message, tmp_path):
     # data.root does not exist: the config error must come first.
     proc = run_entry("audio_cls.train", "data.root=/nonexistent", *overrides, f"hydra.run.dir={tmp_path}")
@@ -143,11 +190,13 @@ def test_config_errors_are_one_line_before_any_data_is_read(overrides, message, 
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_unknown_group_option_names_the_group(tmp_path):
     proc = run_entry("audio_cls.train", "optimizer=adamax", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 1 and "Could not find 'optimizer/adamax'" in proc.stderr
 
 
+@pytest.mark.slow
 def test_unwritable_run_dir_fails_at_start(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
@@ -157,12 +206,18 @@ def test_unwritable_run_dir_fails_at_start(tmp_path):
 
 # --- audio edge cases, through the shared AudioDataModule path ---------------------------------
 
+
 class Listed(AudioDataModule):
     """A dataset given as a list of files: every one in training, the first one also in val and test."""
 
     def __init__(self, paths, **kwargs):
-        super().__init__(root=str(Path(paths[0]).parent), features=LogMel(16000, hop_length=160), sample_rate=16000,
-                         batch_size=2, **kwargs)
+        super().__init__(
+            root=str(Path(paths[0]).parent),
+            features=LogMel(16000, hop_length=160),
+            sample_rate=16000,
+            batch_size=2,
+            **kwargs,
+        )
         self.paths = paths
 
     def build_splits(self):
@@ -215,8 +270,12 @@ def write_bad(folder, name):
     return path
 
 
-BAD = {"truncated_header.wav": "soundfile cannot read it", "text.wav": "soundfile cannot read it",
-       "zero_bytes.wav": "soundfile cannot read it", "nan_samples.wav": "NaN or infinite samples"}
+BAD = {
+    "truncated_header.wav": "soundfile cannot read it",
+    "text.wav": "soundfile cannot read it",
+    "zero_bytes.wav": "soundfile cannot read it",
+    "nan_samples.wav": "NaN or infinite samples",
+}
 
 
 @pytest.mark.parametrize("name", list(GOOD))
@@ -236,8 +295,7 @@ def test_audio_edge_case_is_handled(name, tmp_path):
 
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_audio_is_named_or_skipped_and_counted(name, tmp_path):
-    good = [write_good(tmp_path, "silence.wav"), write_good(tmp_path, "rate_8k.wav"),
-            write_good(tmp_path, "float.wav")]
+    good = [write_good(tmp_path, "silence.wav"), write_good(tmp_path, "rate_8k.wav"), write_good(tmp_path, "float.wav")]
     bad = write_bad(tmp_path, name)
     with pytest.raises(DataError, match=rf"{bad.name}: .*{BAD[name]}"):
         dm = Listed([*good, bad])
@@ -282,6 +340,7 @@ def test_unreadable_file_is_named(tmp_path):
     assert "silence.wav: soundfile cannot read it" in message, message
 
 
+@pytest.mark.slow
 def test_skipped_files_are_listed_in_the_run_directory(fsdd_slice, tmp_path):
     data = tmp_path / "data"
     (data / "recordings").mkdir(parents=True)
@@ -289,8 +348,9 @@ def test_skipped_files_are_listed_in_the_run_directory(fsdd_slice, tmp_path):
         (data / "recordings" / f.name).symlink_to(f)
     (data / "recordings" / "3_jackson_99.wav").write_text("broken")
     run = tmp_path / "run"
-    proc = run_entry("audio_cls.train", "debug=fast", f"data.root={data}", "data.on_bad_file=skip",
-                     f"hydra.run.dir={run}")
+    proc = run_entry(
+        "audio_cls.train", "debug=fast", f"data.root={data}", "data.on_bad_file=skip", f"hydra.run.dir={run}"
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "3_jackson_99.wav" in (run / "skipped_files.csv").read_text()
     assert metrics_of(run)["skipped_files"] == 1

@@ -8,7 +8,10 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from conftest import run_entry
+from helpers import run_entry
+
+# Every test runs an entry point (sweeps, audio_cls.report) in a subprocess.
+pytestmark = pytest.mark.slow
 
 
 def read_report(sweep_dir):
@@ -17,8 +20,9 @@ def read_report(sweep_dir):
 
 
 def sweep(tmp_path, fsdd_slice, *overrides):
-    proc = run_entry("audio_cls.train", "-m", "debug=limit", f"data.root={fsdd_slice}",
-                     f"hydra.sweep.dir={tmp_path}", *overrides)
+    proc = run_entry(
+        "audio_cls.train", "-m", "debug=limit", f"data.root={fsdd_slice}", f"hydra.sweep.dir={tmp_path}", *overrides
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return read_report(tmp_path)
 
@@ -36,7 +40,11 @@ def test_grid_multirun_runs_every_combination_and_reports(tmp_path, fsdd_slice):
     rows = sweep(tmp_path, fsdd_slice, "model=cnn1d,lstm", "optimizer.lr=0.001,0.003", "trainer.max_epochs=1")
     assert len(rows) == 4 and {r["status"] for r in rows} == {"finished"}
     assert {(r["model"], r["optimizer.lr"]) for r in rows} == {
-        ("cnn1d", "0.001"), ("cnn1d", "0.003"), ("lstm", "0.001"), ("lstm", "0.003")}
+        ("cnn1d", "0.001"),
+        ("cnn1d", "0.003"),
+        ("lstm", "0.001"),
+        ("lstm", "0.003"),
+    }
     values = [float(r["val/acc_best"]) for r in rows]
     assert values == sorted(values, reverse=True)
     for job in range(4):
@@ -49,8 +57,15 @@ def test_grid_multirun_runs_every_combination_and_reports(tmp_path, fsdd_slice):
 
 
 def test_failing_jobs_are_reported_and_the_sweep_goes_on(tmp_path, fsdd_slice):
-    rows = sweep(tmp_path, fsdd_slice, "optimizer=sgd", "optimizer.lr=0.01,1e30", "model.kernel_size=3,999",
-                 "model.padding=valid", "model.pool_size=1")
+    rows = sweep(
+        tmp_path,
+        fsdd_slice,
+        "optimizer=sgd",
+        "optimizer.lr=0.01,1e30",
+        "model.kernel_size=3,999",
+        "model.padding=valid",
+        "model.pool_size=1",
+    )
     by_params = {(r["optimizer.lr"], r["model.kernel_size"]): r for r in rows}
     assert by_params[("0.01", "3")]["status"] == "finished"
     assert by_params[("1e+30", "3")]["status"] == "failed"
@@ -81,18 +96,29 @@ def make_job(sweep_dir, num, overrides, metrics=None):
     job = sweep_dir / str(num)
     (job / ".hydra").mkdir(parents=True)
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (job / ".hydra" / "config.yaml").write_text(yaml.safe_dump(
-        {"optimized_metric": "val/acc_best", "optimized_direction": "maximize"}))
+    (job / ".hydra" / "config.yaml").write_text(
+        yaml.safe_dump({"optimized_metric": "val/acc_best", "optimized_direction": "maximize"})
+    )
     if metrics is not None:
         (job / "metrics.json").write_text(json.dumps(metrics))
 
 
 def test_report_command_on_a_prepared_sweep(tmp_path):
-    accs = {("cnn1d", 1): 0.90, ("cnn1d", 2): 0.92, ("cnn1d", 3): 0.94,
-            ("lstm", 1): 0.80, ("lstm", 2): 0.82, ("lstm", 3): 0.84}
+    accs = {
+        ("cnn1d", 1): 0.90,
+        ("cnn1d", 2): 0.92,
+        ("cnn1d", 3): 0.94,
+        ("lstm", 1): 0.80,
+        ("lstm", 2): 0.82,
+        ("lstm", 3): 0.84,
+    }
     for num, ((model, seed), acc) in enumerate(accs.items()):
-        make_job(tmp_path, num, [f"model={model}", f"seed={seed}"],
-                 {"status": "finished", "val/acc_best": acc, "test/acc": acc - 0.1, "wall_time_s": 10 + num})
+        make_job(
+            tmp_path,
+            num,
+            [f"model={model}", f"seed={seed}"],
+            {"status": "finished", "val/acc_best": acc, "test/acc": acc - 0.1, "wall_time_s": 10 + num},
+        )
     make_job(tmp_path, 6, ["model=cnn2d", "seed=1"], {"status": "failed", "error": "boom", "wall_time_s": 1})
     make_job(tmp_path, 7, ["model=cnn2d", "seed=2"])  # killed: no metrics.json
     proc = run_entry("audio_cls.report", str(tmp_path))

@@ -15,7 +15,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torchmetrics.functional.classification import multiclass_confusion_matrix, multiclass_f1_score
 
 from audio_cls.module import AudioClassifier
-from conftest import REPO, run_entry
+from helpers import REPO, run_entry
+
+# Every test runs an entry point (training, eval, console scripts) in a subprocess.
+pytestmark = pytest.mark.slow
 
 
 def scalar_tags(tb_dir):
@@ -36,9 +39,16 @@ BATCHES, BATCH_SIZE = 2, 16  # debug=limit's limit_val_batches / limit_test_batc
 @pytest.fixture(scope="module")
 def trained_run(fsdd_slice, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    proc = run_entry("audio_cls.train", "debug=limit", f"data.root={fsdd_slice}", f"hydra.run.dir={run_dir}",
-                     f"paths.cache_dir={run_dir / 'cache'}", f"data.batch_size={BATCH_SIZE}",
-                     "trainer.limit_train_batches=4", *RUN_FEATURES)
+    proc = run_entry(
+        "audio_cls.train",
+        "debug=limit",
+        f"data.root={fsdd_slice}",
+        f"hydra.run.dir={run_dir}",
+        f"paths.cache_dir={run_dir / 'cache'}",
+        f"data.batch_size={BATCH_SIZE}",
+        "trainer.limit_train_batches=4",
+        *RUN_FEATURES,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc
 
@@ -51,14 +61,14 @@ def run_datamodule(run_dir, features, stage):
     return datamodule
 
 
-def evaluate(module, loader, batches=BATCHES):
+def evaluate(module, datamodule, loader, batches=BATCHES):
     """Logits and targets of a checkpoint's module on the first `batches` batches of a loader, in eval mode,
     as Lightning's validation/test loop feeds them (the loader's own order)."""
     module.eval()
     logits, targets = [], []
     with torch.no_grad():
         for _, batch in zip(range(batches), loader):
-            batch = module.on_after_batch_transfer(batch, 0)
+            batch = datamodule.features_of(batch)  # what the datamodule's hook does (data.placement=device)
             logits.append(module(batch["inputs"], batch["lengths"]))
             targets.append(batch["targets"])
     return torch.cat(logits), torch.cat(targets)
@@ -97,8 +107,7 @@ def test_train_writes_every_file_of_a_run(trained_run):
     assert metrics["class_names"] == [str(d) for d in range(10)]
     matrix = metrics["test/confusion_matrix"]
     assert sum(map(sum, matrix)) == BATCHES * BATCH_SIZE  # limit_test_batches=2 of data.batch_size=16
-    assert metrics["test/acc"] == pytest.approx(sum(matrix[i][i] for i in range(10)) / (BATCHES * BATCH_SIZE),
-                                                abs=1e-6)
+    assert metrics["test/acc"] == pytest.approx(sum(matrix[i][i] for i in range(10)) / (BATCHES * BATCH_SIZE), abs=1e-6)
     per_class = metrics["test/per_class"]
     assert list(per_class) == metrics["class_names"]
     for i, (label, row) in enumerate(zip(per_class, matrix)):
@@ -121,13 +130,14 @@ def test_test_metrics_are_those_of_the_best_checkpoint(trained_run):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     module = AudioClassifier.from_checkpoint(metrics["best_checkpoint"])
     datamodule = run_datamodule(run_dir, module.features, "test")
-    logits, targets = evaluate(module, datamodule.test_dataloader())
+    logits, targets = evaluate(module, datamodule, datamodule.test_dataloader())
     assert len(targets) == BATCHES * BATCH_SIZE
     predictions = logits.argmax(-1)
     assert metrics["test/acc"] == pytest.approx((predictions == targets).double().mean().item(), abs=1e-6)
     assert metrics["test/loss"] == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-5)
     assert metrics["test/f1"] == pytest.approx(
-        multiclass_f1_score(logits, targets, 10, average="macro").item(), abs=1e-6)
+        multiclass_f1_score(logits, targets, 10, average="macro").item(), abs=1e-6
+    )
     assert metrics["test/confusion_matrix"] == multiclass_confusion_matrix(predictions, targets, 10).tolist()
 
 
@@ -141,9 +151,10 @@ def test_checkpoint_alone_rebuilds_the_model(trained_run):
     assert model.class_names == [str(d) for d in range(10)]
     epoch = torch.load(metrics["best_checkpoint"], weights_only=True)["epoch"]
     datamodule = run_datamodule(run_dir, model.features, "fit")
-    logits, targets = evaluate(model, datamodule.val_dataloader())
-    assert logged(run_dir, "val/acc")[epoch] == pytest.approx((logits.argmax(-1) == targets).double().mean().item(),
-                                                             abs=1e-6)
+    logits, targets = evaluate(model, datamodule, datamodule.val_dataloader())
+    assert logged(run_dir, "val/acc")[epoch] == pytest.approx(
+        (logits.argmax(-1) == targets).double().mean().item(), abs=1e-6
+    )
     assert logged(run_dir, "val/loss")[epoch] == pytest.approx(F.cross_entropy(logits, targets).item(), rel=1e-5)
 
     features = model.features
@@ -157,10 +168,20 @@ def test_checkpoint_alone_rebuilds_the_model(trained_run):
 def test_last_checkpoint_is_the_end_of_training(fsdd_slice, tmp_path):
     """last.ckpt (what `ckpt_path=last`, eval and predict read) holds the weights and state of the last epoch,
     also when that epoch did not improve val/acc: here no epoch can (a learning rate of 1e-12, no batch norm)."""
-    proc = run_entry("audio_cls.train", "debug=limit", f"data.root={fsdd_slice}", f"hydra.run.dir={tmp_path}",
-                     "trainer.limit_train_batches=1", "trainer.limit_val_batches=1", "data.batch_size=8",
-                     "optimizer.lr=1e-12", "model.norm=none", "logger=none", "test=false",
-                     f"paths.cache_dir={tmp_path / 'cache'}")
+    proc = run_entry(
+        "audio_cls.train",
+        "debug=limit",
+        f"data.root={fsdd_slice}",
+        f"hydra.run.dir={tmp_path}",
+        "trainer.limit_train_batches=1",
+        "trainer.limit_val_batches=1",
+        "data.batch_size=8",
+        "optimizer.lr=1e-12",
+        "model.norm=none",
+        "logger=none",
+        "test=false",
+        f"paths.cache_dir={tmp_path / 'cache'}",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 2
     best = torch.load(next((tmp_path / "checkpoints").glob("epoch_*.ckpt")), weights_only=True)
@@ -172,8 +193,14 @@ def test_last_checkpoint_is_the_end_of_training(fsdd_slice, tmp_path):
 def test_eval_entry_point_tests_a_checkpoint(trained_run, fsdd_slice, tmp_path):
     run_dir, _ = trained_run
     best = json.loads((run_dir / "metrics.json").read_text())["best_checkpoint"]
-    proc = run_entry("audio_cls.eval", f"ckpt_path={best}", f"data.root={fsdd_slice}", f"hydra.run.dir={tmp_path}",
-                     "trainer.limit_test_batches=2", "data.batch_size=16")
+    proc = run_entry(
+        "audio_cls.eval",
+        f"ckpt_path={best}",
+        f"data.root={fsdd_slice}",
+        f"hydra.run.dir={tmp_path}",
+        "trainer.limit_test_batches=2",
+        "data.batch_size=16",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     train_metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -185,14 +212,20 @@ def test_eval_requires_ckpt_path(tmp_path):
     assert proc.returncode != 0 and "ckpt_path" in proc.stderr
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["data.root=/nonexistent/fsdd"], "error: data.root=/nonexistent/fsdd: no such directory"),
-    (["model.channels=[8,8,8,8,8,8,8]", "model.padding=valid"], "error: model: an input of"),
-    (["model.activation=swish"], "error: model.activation='swish'"),
-    (["features.normalize=batch"], "error: features.normalize='batch'"),
-    (["loss.weight=[1,2]"], "error: loss.weight: 2 values for 10 classes (in this order: 0, 1, 2,"),
-    (["loss.weight=[1,1,1,1,1,1,1,1,1,-3]"], "error: loss.weight=[1, 1, 1, 1, 1, 1, 1, 1, 1, -3]: expected non-negative"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["data.root=/nonexistent/fsdd"], "error: data.root=/nonexistent/fsdd: no such directory"),
+        (["model.channels=[8,8,8,8,8,8,8]", "model.padding=valid"], "error: model: an input of"),
+        (["model.activation=swish"], "error: model.activation='swish'"),
+        (["features.normalize=batch"], "error: features.normalize='batch'"),
+        (["loss.weight=[1,2]"], "error: loss.weight: 2 values for 10 classes (in this order: 0, 1, 2,"),
+        (
+            ["loss.weight=[1,1,1,1,1,1,1,1,1,-3]"],
+            "error: loss.weight=[1, 1, 1, 1, 1, 1, 1, 1, 1, -3]: expected non-negative",
+        ),
+    ],
+)
 def test_bad_config_is_one_line(overrides, message, tmp_path):
     proc = run_entry("audio_cls.train", *overrides, f"hydra.run.dir={tmp_path}", "debug=fast")
     assert proc.returncode == 1
@@ -216,8 +249,14 @@ def test_existing_run_dir_is_not_overwritten(trained_run):
 
 
 def test_runs_started_together_get_their_own_directories(fsdd_slice, tmp_path):
-    cmd = [sys.executable, "-m", "audio_cls.train", "debug=fast", f"data.root={fsdd_slice}",
-           f"paths.log_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "audio_cls.train",
+        "debug=fast",
+        f"data.root={fsdd_slice}",
+        f"paths.log_dir={tmp_path}",
+    ]
     procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
     for p in procs:
         assert p.wait(timeout=300) == 0, p.stderr.read().decode()[-2000:]
@@ -226,7 +265,9 @@ def test_runs_started_together_get_their_own_directories(fsdd_slice, tmp_path):
     assert all((r / "metrics.json").is_file() for r in runs)
 
 
-@pytest.mark.parametrize("script", ["audio-cls-train", "audio-cls-eval", "audio-cls-predict", "audio-cls-export", "audio-cls-cv"])
+@pytest.mark.parametrize(
+    "script", ["audio-cls-train", "audio-cls-eval", "audio-cls-predict", "audio-cls-export", "audio-cls-cv"]
+)
 def test_console_scripts_find_the_configs_from_any_directory(script, tmp_path):
     # Installed entry points are not run as files, so a relative config_path would be looked up as a module.
     exe = Path(sys.executable).with_name(script)

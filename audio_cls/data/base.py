@@ -27,11 +27,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audio_cls.audio import audio_info, load_audio
-from audio_cls.augment import WaveformAugment
-from audio_cls.data.splits import (SPLITS, assign_splits, cv_folds, cv_scheme, cv_split, duplicates_across_splits,
-                                   shared_groups)
+from audio_cls.augment import SpecAugment, WaveformAugment
+from audio_cls.data.splits import (
+    SPLITS,
+    assign_splits,
+    cv_folds,
+    cv_scheme,
+    cv_split,
+    duplicates_across_splits,
+    shared_groups,
+)
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.features import FeatureExtractor, GlobalNorm
+
+PLACEMENTS = ("auto", "worker", "device", "cache")
 
 log = logging.getLogger(__name__)
 
@@ -54,97 +63,149 @@ class Item:
 
 
 class AudioDataset(Dataset):
-    """Items -> {"inputs": ..., "target": class index}, where `inputs` is what the feature placement needs:
+    """Items -> {"inputs": ..., "target": class index}: the base of the four datasets below, one per
+    thing a batch can hold (AudioDataModule.dataset picks the one its placement needs):
 
-        "features"      (frames, feat) computed here, in the DataLoader worker   (placement=worker)
-        "waveform"      (samples,), for batched extraction on the device         (placement=device)
-        "raw_features"  (frames, feat) before normalization, to fill the cache
-        "cached"        (frames, feat) from `cached` (raw features), normalized here (placement=cache)
+        WaveformDataset      (samples,) waveforms, for batched extraction on the device   (placement=device)
+        FeatureDataset       (frames, feat) features computed in the DataLoader worker    (placement=worker)
+        CachedFeatureDataset (frames, feat) read from computed features, normalized      (placement=cache)
+        RawFeatureDataset    (frames, feat) before normalization, to fill the cache
 
-    With `num_samples` set, recordings are cropped or zero-padded to that length (a random crop when
-    `random_crop`, else the centre) before extraction. The cache follows suit so that every placement gives
-    the same features: it stores val/test features of the centre-cropped, padded waveform, and training
-    features of the waveform padded to at least `num_samples`, cut to a random span of frames when read
-    (for recordings longer than `num_samples`, a crop of frames rather than of samples: the same
-    distribution of crops, with the edge frames reading their real neighbours instead of silence).
-    With `augment` (the training split), `waveform_augment` (gain, shift, noise) changes each waveform
-    before extraction ("features", "waveform"), and the extractor's feature-domain augmentation follows
-    extraction ("features", "cached"; for "waveform" the LightningModule applies it after extracting).
+    `key` is an index, or (index, seed) from EpochSampler: then every random draw for the item (crop,
+    waveform and feature augmentation) comes from `seed`, whichever worker process loads it and whatever
+    that worker loaded before, so a resumed run replays exactly the uninterrupted one. With `num_samples`
+    set, recordings are cropped or zero-padded to that length (a random crop when `random_crop`, else the
+    centre) before extraction; every dataset gives the same features for the same crop.
     """
 
-    def __init__(self, items: list[Item], class_to_index: dict[str, int], sample_rate: int,
-                 features: FeatureExtractor, num_samples: int | None = None, random_crop: bool = False,
-                 skip_bad_files: bool = False, returns: str = "features", cached: list | None = None,
-                 augment: bool = False, waveform_augment: WaveformAugment | None = None):
+    def __init__(
+        self,
+        items: list[Item],
+        class_to_index: dict[str, int],
+        sample_rate: int,
+        features: FeatureExtractor,
+        num_samples: int | None = None,
+        random_crop: bool = False,
+    ):
         self.items = items
         self.class_to_index = class_to_index
         self.sample_rate = sample_rate
         self.features = features
         self.num_samples = num_samples
         self.random_crop = random_crop
-        self.skip_bad_files = skip_bad_files
-        self.returns = returns
-        self.cached = cached
-        # Cached features normalized once, when no random crop comes before normalization (the statistics
-        # of global normalization are fitted before any dataset of this kind is made).
-        self.normalized = None
-        if returns == "cached" and not (num_samples is not None and random_crop):
-            frames = None if num_samples is None else int(features.num_frames(num_samples))
-            self.normalized = [features.apply_norm((x if frames is None else crop_or_pad(x, frames, False))[None])[0]
-                               for x in cached]
-        self.augment = augment
-        self.waveform_augment = waveform_augment if augment else None
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
-        """`key` is an index, or (index, seed) from EpochSampler: then every random draw for this item (crop,
-        waveform and feature augmentation) comes from `seed`, whichever worker process loads it and
-        whatever that worker loaded before, so a resumed run replays exactly the uninterrupted one."""
         if isinstance(key, tuple):
             index, seed = key
             with torch.random.fork_rng(devices=[]):  # leaves the process's own stream untouched
                 # The CPU generator alone: torch.manual_seed would also queue a CUDA seeding call (with
                 # its stack trace) for every item in a process without CUDA initialized.
                 torch.default_generator.manual_seed(seed)
-                return self._load(index)
-        return self._load(key)
+                return self._item(index)
+        return self._item(key)
 
-    def _load(self, index: int) -> dict | None:
+    def _item(self, index: int) -> dict | None:
+        inputs = self.inputs(index)
+        return (
+            None
+            if inputs is None
+            else {"inputs": inputs, "target": self.class_to_index.get(self.items[index].label, -1)}
+        )
+
+    def inputs(self, index: int) -> torch.Tensor | None:
+        """What the batch holds for item `index`; None for a file found unreadable (pad_collate drops it)."""
+        raise NotImplementedError
+
+
+class WaveformDataset(AudioDataset):
+    """(samples,) waveforms, cropped or padded to `num_samples` when set, then `waveform_augment`-ed.
+
+    skip_bad_files: a file found unusable only on reading (e.g. NaN samples) gives None instead of an error.
+    """
+
+    def __init__(self, *args, waveform_augment: WaveformAugment | None = None, skip_bad_files: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.waveform_augment = waveform_augment
+        self.skip_bad_files = skip_bad_files
+
+    def inputs(self, index: int) -> torch.Tensor | None:
+        waveform = self.read(index)
+        if waveform is None:
+            return None
+        if self.num_samples is not None:
+            waveform = crop_or_pad(waveform, self.num_samples, self.random_crop)
+        return self.waveform_augment(waveform) if self.waveform_augment is not None else waveform
+
+    def read(self, index: int) -> torch.Tensor | None:
         item = self.items[index]
-        target = self.class_to_index.get(item.label, -1)
-        if self.returns == "cached":
-            if self.normalized is not None:  # nothing random before normalization: normalized once
-                return {"inputs": self._augmented(self.normalized[index][None]), "target": target}
-            x = crop_or_pad(self.cached[index], int(self.features.num_frames(self.num_samples)), True)
-            return {"inputs": self._augmented(self.features.apply_norm(x[None])), "target": target}
         try:
-            waveform = load_audio(item.path, self.sample_rate, item.start, item.end)
+            return load_audio(item.path, self.sample_rate, item.start, item.end)
         except DataError as err:
             if not self.skip_bad_files:
                 raise
-            log.warning("Skipping %s", err)  # found only on reading, e.g. NaN samples; pad_collate drops it
+            log.warning("Skipping %s", err)
+            return None
+
+
+class FeatureDataset(WaveformDataset):
+    """(frames, feat) features of the waveforms, normalized, then `spec_augment`-ed."""
+
+    def __init__(self, *args, spec_augment: SpecAugment | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.spec_augment = spec_augment
+
+    def inputs(self, index: int) -> torch.Tensor | None:
+        waveform = super().inputs(index)
+        if waveform is None:
+            return None
+        with torch.no_grad():
+            x = self.features(waveform[None])
+            return (self.spec_augment(x) if self.spec_augment is not None else x)[0]
+
+
+class RawFeatureDataset(WaveformDataset):
+    """(frames, feat) features before normalization, what the cache stores. For training (`random_crop`)
+    recordings are only padded up to `num_samples`: CachedFeatureDataset cuts a random span of frames
+    from them when read (for longer recordings a crop of frames rather than of samples: the same
+    distribution of crops, with the edge frames reading their real neighbours instead of silence)."""
+
+    def inputs(self, index: int) -> torch.Tensor | None:
+        waveform = self.read(index)
+        if waveform is None:
             return None
         if self.num_samples is not None:
-            if self.returns != "raw_features":
-                waveform = crop_or_pad(waveform, self.num_samples, self.random_crop)
-            elif self.random_crop:  # cached for random crops of frames later: pad short ones now, as above
-                waveform = crop_or_pad(waveform, max(self.num_samples, waveform.shape[0]), False)
-            else:  # val/test: the same centre crop as every other placement, so the same features
-                waveform = crop_or_pad(waveform, self.num_samples, False)
-        if self.waveform_augment is not None and self.returns != "raw_features":
-            waveform = self.waveform_augment(waveform)
-        if self.returns == "waveform":
-            return {"inputs": waveform, "target": target}
+            length = max(self.num_samples, waveform.shape[0]) if self.random_crop else self.num_samples
+            waveform = crop_or_pad(waveform, length, False)
         with torch.no_grad():
-            if self.returns == "raw_features":
-                return {"inputs": self.features.compute(waveform[None])[0], "target": target}
-            return {"inputs": self._augmented(self.features(waveform[None])), "target": target}
+            return self.features.compute(waveform[None])[0]
 
-    def _augmented(self, x: torch.Tensor) -> torch.Tensor:
-        """(1, frames, feat) -> (frames, feat), augmented in the training split."""
-        return (self.features.augment(x) if self.augment else x)[0]
+
+class CachedFeatureDataset(AudioDataset):
+    """(frames, feat) from `cached` (RawFeatureDataset's output): cropped to `num_samples` worth of frames
+    (a random span when `random_crop`), normalized, then `spec_augment`-ed."""
+
+    def __init__(self, *args, cached: list[torch.Tensor], spec_augment: SpecAugment | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cached = cached
+        self.spec_augment = spec_augment
+        self.frames = None if self.num_samples is None else int(self.features.num_frames(self.num_samples))
+        # Normalized once when nothing random comes before normalization (global statistics are fitted
+        # before a dataset of this kind is made).
+        self.normalized = None
+        if not (self.frames is not None and self.random_crop):
+            self.normalized = [self._normalize(x, False) for x in cached]
+
+    def _normalize(self, x: torch.Tensor, random_crop: bool) -> torch.Tensor:
+        if self.frames is not None:
+            x = crop_or_pad(x, self.frames, random_crop)
+        return self.features.apply_norm(x[None])
+
+    def inputs(self, index: int) -> torch.Tensor:
+        x = self.normalized[index] if self.normalized is not None else self._normalize(self.cached[index], True)
+        return (self.spec_augment(x) if self.spec_augment is not None else x)[0]
 
 
 def crop_or_pad(x: torch.Tensor, length: int, random_crop: bool) -> torch.Tensor:
@@ -191,8 +252,14 @@ class EpochSampler(Sampler):
     process takes every world_size-th position (the order is padded with its start to divide evenly).
     """
 
-    def __init__(self, size: int, seed: int | None = None, weights: list[float] | None = None,
-                 shuffle: bool = True, epoch: int = 0):
+    def __init__(
+        self,
+        size: int,
+        seed: int | None = None,
+        weights: list[float] | None = None,
+        shuffle: bool = True,
+        epoch: int = 0,
+    ):
         self.size = size
         self.seed = torch.initial_seed() if seed is None else seed
         self.weights = None if weights is None else torch.tensor(weights, dtype=torch.double)
@@ -239,8 +306,14 @@ class LengthBucketSampler(Sampler):
     number of batches: each takes every world_size-th batch (the list is padded with its start).
     """
 
-    def __init__(self, sampler: EpochSampler, seconds: list[float], batch_size: int,
-                 max_batch_seconds: float | None = None, pool_batches: int = 50):
+    def __init__(
+        self,
+        sampler: EpochSampler,
+        seconds: list[float],
+        batch_size: int,
+        max_batch_seconds: float | None = None,
+        pool_batches: int = 50,
+    ):
         self.sampler = sampler  # the name Lightning looks for to call set_epoch
         self.seconds = seconds
         self.batch_size = batch_size
@@ -305,6 +378,12 @@ class AudioDataModule(L.LightningDataModule):
         sample_rate: every file is resampled to this rate.
         duration: if set, crop/pad every waveform to this many seconds (random crop in training).
         batch_size, num_workers, pin_memory, shuffle: DataLoader settings (batch_size is per device).
+        placement: where features are computed, with the same results in each:
+            worker  per recording in the DataLoader workers, on the CPU
+            device  workers read audio; padded waveforms are extracted batched on the accelerator,
+                    in `on_after_batch_transfer`
+            cache   once per split, stored under `cache_dir` and reused until the extractor or a file changes
+            auto    `choose_placement` picks one of the three at start-up and logs its choice
         val_fraction, test_fraction, split_by, split_seed: how splits the data does not define are
             carved (see `audio_cls/data/splits.py`): by hash of the group (`split_by=group`, the default
             `auto` when every recording has one) or of the file. `split_seed` is fixed apart from the
@@ -317,10 +396,12 @@ class AudioDataModule(L.LightningDataModule):
         max_batch_seconds: with length_buckets, fill each training batch up to this many seconds of padded
             audio (longest x count) instead of `batch_size` recordings: short clips in large batches.
         waveform_augment: training-only waveform augmentation (gain, shift, noise), or None.
+        spec_augment: training-only masking of the features (SpecAugment), or None; applied after
+            extraction and normalization in every placement.
         check_duplicates: warn about recordings with identical content in two splits (reads every file
             whose size matches one in another split).
-        cache_max_gb: the most memory that features.placement=auto lets the cache take (all splits).
-        cache_dir: where `features.placement=cache` keeps computed features, one file per split, named by
+        cache_max_gb: the most memory that placement=auto lets the cache take (all splits).
+        cache_dir: where `placement=cache` keeps computed features, one file per split, named by
             a hash of the extractor and of the split's files (path, size, modification time).
         on_bad_file: "error" stops at the first file that cannot be used, naming it (headers are read at
             start-up, samples when first used); "skip" reads every file once at start-up, leaves out those
@@ -328,13 +409,34 @@ class AudioDataModule(L.LightningDataModule):
             skipped_files.csv into the run directory).
     """
 
-    def __init__(self, root: str, features: FeatureExtractor, sample_rate: int, duration: float | None = None,
-                 batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False, shuffle: bool = True,
-                 val_fraction: float = 0.1, test_fraction: float = 0.1, split_by: str = "auto",
-                 split_seed: int = 0, cv_fold: int | None = None, cv_folds: int = 5, cv_scheme: str = "auto",
-                 balanced_sampling: bool = False, waveform_augment: WaveformAugment | None = None,
-                 check_duplicates: bool = True, on_bad_file: str = "error", cache_dir: str = "cache",
-                 length_buckets: bool = True, max_batch_seconds: float | None = None, cache_max_gb: float = 4.0):
+    def __init__(
+        self,
+        root: str,
+        features: FeatureExtractor,
+        sample_rate: int,
+        duration: float | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        shuffle: bool = True,
+        placement: str = "auto",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_by: str = "auto",
+        split_seed: int = 0,
+        cv_fold: int | None = None,
+        cv_folds: int = 5,
+        cv_scheme: str = "auto",
+        balanced_sampling: bool = False,
+        waveform_augment: WaveformAugment | None = None,
+        spec_augment: SpecAugment | None = None,
+        check_duplicates: bool = True,
+        on_bad_file: str = "error",
+        cache_dir: str = "cache",
+        length_buckets: bool = True,
+        max_batch_seconds: float | None = None,
+        cache_max_gb: float = 4.0,
+    ):
         super().__init__()
         if on_bad_file not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
@@ -345,9 +447,13 @@ class AudioDataModule(L.LightningDataModule):
         for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 <= value < 1:
                 raise ConfigError(f"data.{key}={value}: must be in [0, 1)")
-        if waveform_augment is not None and waveform_augment.active and features.placement == "cache":
-            raise ConfigError("augment.waveform is on but features.placement=cache stores features, not "
-                              "waveforms: use placement=worker or device, or switch the waveform augmentation off")
+        if placement not in PLACEMENTS:
+            raise ConfigError(f"data.placement={placement!r}: expected one of {', '.join(PLACEMENTS)}")
+        if waveform_augment is not None and waveform_augment.active and placement == "cache":
+            raise ConfigError(
+                "augment.waveform is on but data.placement=cache stores features, not "
+                "waveforms: use placement=worker or device, or switch the waveform augmentation off"
+            )
         self.root = root
         # A copy of its own that stays on the CPU for the DataLoader workers, whatever device
         # the LightningModule later moves its extractor to.
@@ -358,6 +464,7 @@ class AudioDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.shuffle = shuffle
+        self.placement = placement
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.split_by = split_by
@@ -371,6 +478,8 @@ class AudioDataModule(L.LightningDataModule):
         self.max_batch_seconds = max_batch_seconds
         self.seconds: dict[Item, float] = {}  # each usable item's duration, read from its header at start-up
         self.waveform_augment = waveform_augment if waveform_augment is not None and waveform_augment.active else None
+        self.spec_augment = spec_augment if spec_augment is not None and spec_augment.active else None
+        self._device_features: tuple[torch.device, FeatureExtractor] | None = None  # placement=device
         self.check_duplicates = check_duplicates
         self.on_bad_file = on_bad_file
         self.cache_dir = Path(cache_dir)
@@ -390,10 +499,19 @@ class AudioDataModule(L.LightningDataModule):
         else the data's own splits, completed by hash (see `audio_cls/data/splits.py`)."""
         items = self.scan()
         if self.cv_fold is not None:
-            return cv_split(items, self.cv_scheme, self.cv_folds, self.cv_fold, self.val_fraction,
-                            self.split_seed, self.split_by, self.root_path)
-        return assign_splits(items, self.val_fraction, self.test_fraction, self.split_seed, self.split_by,
-                             self.root_path)
+            return cv_split(
+                items,
+                self.cv_scheme,
+                self.cv_folds,
+                self.cv_fold,
+                self.val_fraction,
+                self.split_seed,
+                self.split_by,
+                self.root_path,
+            )
+        return assign_splits(
+            items, self.val_fraction, self.test_fraction, self.split_seed, self.split_by, self.root_path
+        )
 
     def cv_plan(self, num_folds: int, scheme: str) -> tuple[str, list[tuple[str, int]]]:
         """The resolved scheme (`auto` made concrete) and [(fold name, number of test recordings)] of a
@@ -420,9 +538,9 @@ class AudioDataModule(L.LightningDataModule):
         if self.splits is None:
             self.splits = self.build_splits()
             self._check_splits()
-            if self.features.placement == "auto":
-                self.features.placement = self.choose_placement()
-            if self.features.placement == "cache":
+            if self.placement == "auto":
+                self.placement = self.choose_placement()
+            if self.placement == "cache":
                 for split in SPLITS:
                     self.cached[split] = self._cached_features(split)
         norm = self.features.norm
@@ -431,39 +549,49 @@ class AudioDataModule(L.LightningDataModule):
             norm.fit(self._feature_batches("train"))
 
     def choose_placement(self) -> str:
-        """features.placement=auto: `cache` when nothing random happens to the waveform (features can then be
+        """placement=auto: `cache` when nothing random happens to the waveform (features can then be
         computed once) and all splits' features fit in data.cache_max_gb of memory; else `device` on a GPU
         (batched extraction there) or `worker` on the CPU (extraction in parallel DataLoader workers)."""
         duration = (self.num_samples or 0) / self.sample_rate
         train = set(self.splits["train"])
         # Training features are stored whole (padded to at least `duration`), val/test ones cut to it; loaded,
         # each split is held twice (as stored, and normalized).
-        seconds = sum(max(s, duration) if item in train or not duration else duration
-                      for item, s in self.seconds.items())
+        seconds = sum(
+            max(s, duration) if item in train or not duration else duration for item, s in self.seconds.items()
+        )
         frames = self.features.num_frames(round(seconds * self.sample_rate)) + len(self.seconds)
         gigabytes = 2 * frames * self.features.num_features * 4 / 2**30
         if self.waveform_augment is None and gigabytes <= self.cache_max_gb:
             choice, why = "cache", f"no waveform augmentation; features take {gigabytes:.2f} GB <= data.cache_max_gb"
         else:
             choice = "device" if torch.cuda.is_available() else "worker"
-            why = ("waveform augmentation is on" if self.waveform_augment is not None else
-                   f"features would take {gigabytes:.1f} GB > data.cache_max_gb={self.cache_max_gb}")
-        log.info("features.placement=auto: %s (%s)", choice, why)
+            why = (
+                "waveform augmentation is on"
+                if self.waveform_augment is not None
+                else f"features would take {gigabytes:.1f} GB > data.cache_max_gb={self.cache_max_gb}"
+            )
+        log.info("data.placement=auto: %s (%s)", choice, why)
         return choice
 
     def _feature_batches(self, split: str):
         """(features, frame lengths) batches of a split, centre-cropped and not augmented, extracted from the
         audio in every placement (the cache crops frames, not samples), so that the statistics measured
         on them are the same whatever the placement."""
-        device = self.features.placement == "device"
         # The cache holds the same features when nothing is cropped (checked in tests/test_data.py)
-        returns = "cached" if self.features.placement == "cache" and self.num_samples is None else (
-            "waveform" if device else "features")
-        dataset = self.dataset(split, returns=returns, augment=False)
-        loader = DataLoader(dataset, batch_size=self.batch_size, collate_fn=pad_collate,
-                            num_workers=0 if returns == "cached" else self.num_workers)
+        placement = (
+            "cache"
+            if self.placement == "cache" and self.num_samples is None
+            else ("device" if self.placement == "device" else "worker")
+        )
+        dataset = self.dataset(split, placement=placement, augment=False)
+        loader = DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            collate_fn=pad_collate,
+            num_workers=0 if placement == "cache" else self.num_workers,
+        )
         for batch in loader:
-            if device:
+            if placement == "device":
                 yield self.features(batch["inputs"], batch["lengths"]), self.features.num_frames(batch["lengths"])
             else:
                 yield batch["inputs"], batch["lengths"]
@@ -473,15 +601,23 @@ class AudioDataModule(L.LightningDataModule):
         DataLoader workers) and stored atomically."""
         items = self.splits[split]
         files = [(it.path, *_size_and_mtime(it.path), it.start, it.end) for it in items]
-        key = hashlib.sha256(json.dumps({"features": self.features.fingerprint(self.sample_rate),
-                                         "sample_rate": self.sample_rate, "num_samples": self.num_samples,
-                                         "random_crop": split == "train", "files": files}).encode()).hexdigest()
+        key = hashlib.sha256(
+            json.dumps(
+                {
+                    "features": self.features.fingerprint(self.sample_rate),
+                    "sample_rate": self.sample_rate,
+                    "num_samples": self.num_samples,
+                    "random_crop": split == "train",
+                    "files": files,
+                }
+            ).encode()
+        ).hexdigest()
         path = self.cache_dir / f"{type(self).__name__}-{split}-{key[:24]}.pt"
         if path.is_file():
             log.info("Features of the %s split (%d files) from %s", split, len(items), path)
             return torch.load(path, weights_only=True)
         log.info("Computing features of the %s split (%d files) for %s", split, len(items), path)
-        dataset = self.dataset(split, returns="raw_features")
+        dataset = self.dataset(split, placement="raw")
         loader = DataLoader(dataset, batch_size=32, num_workers=self.num_workers, collate_fn=list)
         computed = [it["inputs"] if it is not None else None for batch in loader for it in batch]
         if any(x is None for x in computed):  # files found bad on reading (skip mode): leave them out
@@ -499,10 +635,20 @@ class AudioDataModule(L.LightningDataModule):
         return computed
 
     def _check_splits(self) -> None:
+        """Everything checked once the splits are known, before any data is used; each step a method."""
         for split in SPLITS:
             if split not in self.splits:
                 raise DataError(f"{type(self).__name__}.build_splits returned no {split!r} split")
-        # Read every header once now, so a broken file fails at start-up, not in epoch 7.
+        self._read_headers()
+        self._check_classes()
+        self._report_shared_groups()
+        if self.check_duplicates:
+            self._find_duplicates()
+        self._log_summary()
+
+    def _read_headers(self) -> None:
+        """Read every header now, so a broken file fails at start-up, not in epoch 7; with on_bad_file=skip,
+        leave out (and count) the files that cannot be used. Records durations and the shortest recording."""
         shortest = None
         for split in SPLITS:
             usable = []
@@ -524,15 +670,24 @@ class AudioDataModule(L.LightningDataModule):
                     shortest = (samples, item.path)
             self.splits[split] = usable
         if self.skipped:  # here (data.on_bad_file=skip) or by scan() (a manifest's missing files, broken links)
-            log.warning("Skipped %d files that cannot be used (listed in skipped_files.csv), e.g. %s",
-                        len(self.skipped), self.skipped[0][1])
+            log.warning(
+                "Skipped %d files that cannot be used (listed in skipped_files.csv), e.g. %s",
+                len(self.skipped),
+                self.skipped[0][1],
+            )
         if not self.splits["train"]:
             raise DataError(f"{type(self).__name__}: the training split is empty")
         self.shortest_samples, self.shortest_path = shortest
+
+    def _check_classes(self) -> None:
+        """The classes are the training split's: at least two, every val/test label among them, and neither
+        val nor test empty."""
         self.class_names = sorted({item.label for item in self.splits["train"]})
         if len(self.class_names) < 2:
-            raise DataError(f"{type(self).__name__} (data.root={self.root}): the training split has "
-                            f"{len(self.class_names)} class ({', '.join(self.class_names)}); a classifier needs at least 2")
+            raise DataError(
+                f"{type(self).__name__} (data.root={self.root}): the training split has "
+                f"{len(self.class_names)} class ({', '.join(self.class_names)}); a classifier needs at least 2"
+            )
         for split in ("val", "test"):
             unknown = {}
             for it in self.splits[split]:
@@ -544,18 +699,30 @@ class AudioDataModule(L.LightningDataModule):
         for split in ("val", "test"):
             if not self.splits[split]:
                 raise DataError(f"{type(self).__name__}: the {split} split is empty")
+
+    def _report_shared_groups(self) -> None:
         shared = shared_groups(self.splits)
         if shared:
-            log.info("Groups (speakers/sources) found in two splits: %s",
-                     ", ".join(f"{pair} {n}" for pair, n in shared.items()))
-        if self.check_duplicates:
-            self.duplicates = duplicates_across_splits(self.splits)
-            if self.duplicates:
-                a_split, a, b_split, b = self.duplicates[0]
-                log.warning("%d recordings have an identical copy in another split (e.g. %s in %s = %s in %s); "
-                            "they inflate validation/test scores (listed in duplicate_files.csv)",
-                            len(self.duplicates), a, a_split, b, b_split)
+            log.info(
+                "Groups (speakers/sources) found in two splits: %s",
+                ", ".join(f"{pair} {n}" for pair, n in shared.items()),
+            )
 
+    def _find_duplicates(self) -> None:
+        self.duplicates = duplicates_across_splits(self.splits)
+        if self.duplicates:
+            a_split, a, b_split, b = self.duplicates[0]
+            log.warning(
+                "%d recordings have an identical copy in another split (e.g. %s in %s = %s in %s); "
+                "they inflate validation/test scores (listed in duplicate_files.csv)",
+                len(self.duplicates),
+                a,
+                a_split,
+                b,
+                b_split,
+            )
+
+    def _log_summary(self) -> None:
         def count(split: str) -> str:  # group counts make a group-disjoint split visible in the log
             n = len({it.group for it in self.splits[split]} - {None})
             return f"{split} {len(self.splits[split])} files" + (f" ({n} group{'s' * (n != 1)})" if n else "")
@@ -571,9 +738,10 @@ class AudioDataModule(L.LightningDataModule):
             writer.writerow(("split", "path", "label", "group", "start", "end"))
             for split in SPLITS:
                 writer.writerows((split, it.path, it.label, it.group, it.start, it.end) for it in self.splits[split])
-        for name, header, rows in (("skipped_files.csv", ("path", "reason"), self.skipped),
-                                   ("duplicate_files.csv", ("split", "path", "other_split", "other_path"),
-                                    self.duplicates)):
+        for name, header, rows in (
+            ("skipped_files.csv", ("path", "reason"), self.skipped),
+            ("duplicate_files.csv", ("split", "path", "other_split", "other_path"), self.duplicates),
+        ):
             if rows:
                 with (output_dir / name).open("w", newline="", encoding="utf-8") as f:
                     csv.writer(f).writerows([header, *rows])
@@ -584,18 +752,54 @@ class AudioDataModule(L.LightningDataModule):
         samples = self.num_samples or self.shortest_samples
         return int(self.features.num_frames(samples))
 
-    def dataset(self, split: str, returns: str | None = None, augment: bool = True) -> AudioDataset:
-        """The split as a Dataset of what the feature placement needs (see AudioDataset); the training
-        split is augmented unless `augment=False`."""
-        index = {name: i for i, name in enumerate(self.class_names)}
-        returns = returns or {"worker": "features", "device": "waveform", "cache": "cached"}[self.features.placement]
-        return AudioDataset(self.splits[split], index, self.sample_rate, self.features, self.num_samples,
-                            random_crop=split == "train" and augment, skip_bad_files=self.on_bad_file == "skip",
-                            returns=returns, cached=self.cached.get(split), augment=augment and split == "train",
-                            waveform_augment=self.waveform_augment)
+    def dataset(self, split: str, placement: str | None = None, augment: bool = True) -> AudioDataset:
+        """The split as the Dataset a placement needs (`self.placement` by default; "raw": un-normalized
+        features for the cache). The training split is cropped at random and augmented unless `augment=False`."""
+        placement = placement or self.placement
+        train = augment and split == "train"
+        common = dict(
+            items=self.splits[split],
+            class_to_index={name: i for i, name in enumerate(self.class_names)},
+            sample_rate=self.sample_rate,
+            features=self.features,
+            num_samples=self.num_samples,
+            random_crop=train,
+        )
+        spec_augment = self.spec_augment if train else None
+        if placement == "cache":
+            return CachedFeatureDataset(**common, cached=self.cached[split], spec_augment=spec_augment)
+        reading = dict(skip_bad_files=self.on_bad_file == "skip")
+        if placement == "raw":
+            return RawFeatureDataset(**common, **reading)
+        reading["waveform_augment"] = self.waveform_augment if train else None
+        if placement == "device":  # SpecAugment follows extraction, in on_after_batch_transfer
+            return WaveformDataset(**common, **reading)
+        return FeatureDataset(**common, **reading, spec_augment=spec_augment)
 
-    def _loader(self, split: str, shuffle: bool, persistent: bool = False, augment: bool = True,
-                by_length: bool = True) -> DataLoader:
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        """Lightning's hook after a batch reached its device: `features_of` it, augmented while training."""
+        return self.features_of(batch, train=self.trainer is not None and self.trainer.training)
+
+    def features_of(self, batch: dict, train: bool = False) -> dict:
+        """The batch with features for inputs. placement=device: batches hold padded waveforms, extracted here
+        batched on their device (in float32, also under mixed precision) and, with `train`, masked
+        (SpecAugment); other placements already hold features."""
+        if self.placement != "device":
+            return batch
+        device = batch["inputs"].device
+        if self._device_features is None or self._device_features[0] != device:
+            self._device_features = (device, copy.deepcopy(self.features).to(device))
+        features = self._device_features[1]
+        frames = features.num_frames(batch["lengths"])
+        with torch.no_grad():
+            inputs = features(batch["inputs"], batch["lengths"])
+            if train and self.spec_augment is not None:
+                inputs = self.spec_augment(inputs, frames)
+        return {**batch, "inputs": inputs, "lengths": frames}
+
+    def _loader(
+        self, split: str, shuffle: bool, persistent: bool = False, augment: bool = True, by_length: bool = True
+    ) -> DataLoader:
         dataset = self.dataset(split, augment=augment)
         sampler = batch_sampler = None
         if split == "train" and augment:  # training order and per-item seeds (see EpochSampler)
@@ -607,11 +811,14 @@ class AudioDataModule(L.LightningDataModule):
             # before it calls set_epoch, so a resumed run would otherwise replay epoch 0's order and seeds.
             epoch = self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
             sampler = EpochSampler(len(dataset), weights=weights, shuffle=shuffle, epoch=epoch)
-        seconds = [min(self.seconds.get(it, 0.0), (self.num_samples or math.inf) / self.sample_rate)
-                   for it in dataset.items]
+        seconds = [
+            min(self.seconds.get(it, 0.0), (self.num_samples or math.inf) / self.sample_rate) for it in dataset.items
+        ]
         if self.length_buckets and self.num_samples is None and sampler is not None:
-            batch_sampler, sampler = LengthBucketSampler(sampler, seconds, self.batch_size,
-                                                         self.max_batch_seconds), None
+            batch_sampler, sampler = (
+                LengthBucketSampler(sampler, seconds, self.batch_size, self.max_batch_seconds),
+                None,
+            )
         elif split in ("val", "test") and by_length:
             # Evaluation in length order (with length_buckets): the same numbers, since an item's logits do not
             # depend on its batch, with little padding. Prediction keeps file order. Under DDP every process
@@ -622,13 +829,19 @@ class AudioDataModule(L.LightningDataModule):
             batch_sampler = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         # Cached features are in memory: handing them to worker processes costs more than it saves (and on a
         # small machine the workers' threads compete with the training process's).
-        workers = 0 if dataset.returns == "cached" else self.num_workers
+        workers = 0 if isinstance(dataset, CachedFeatureDataset) else self.num_workers
         # Worker seeds come from a generator of the loader's own, not from the global RNG (see EpochSampler).
         return DataLoader(
-            dataset, batch_size=1 if batch_sampler is not None else self.batch_size, sampler=sampler,
-            batch_sampler=batch_sampler, collate_fn=pad_collate, num_workers=workers,
-            pin_memory=self.pin_memory, persistent_workers=persistent and workers > 0,
-            generator=torch.Generator().manual_seed(torch.initial_seed()))
+            dataset,
+            batch_size=1 if batch_sampler is not None else self.batch_size,
+            sampler=sampler,
+            batch_sampler=batch_sampler,
+            collate_fn=pad_collate,
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=persistent and workers > 0,
+            generator=torch.Generator().manual_seed(torch.initial_seed()),
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=self.shuffle, persistent=True)
@@ -650,8 +863,7 @@ def _segment_seconds(item: Item, info) -> float:
         return duration
     start, end = item.start or 0.0, duration if item.end is None else item.end
     if not 0 <= start < end or end > duration + 1e-3:
-        raise DataError(f"{item.path}: segment {start}-{end} s does not fit in the recording "
-                        f"({duration:.3f} s)")
+        raise DataError(f"{item.path}: segment {start}-{end} s does not fit in the recording ({duration:.3f} s)")
     return end - start
 
 

@@ -35,12 +35,15 @@ def download_and_extract(url: str, dest: Path, name: str, sha256: str | None = N
             raise DataError(
                 f"data.root={dest}: {name} is not there and downloading it failed ({reason}). On a machine "
                 f"with internet, download {url} and unpack it so that data.root points at the folder "
-                f"holding its files, then copy that folder here (or set data.root to it).") from None
+                f"holding its files, then copy that folder here (or set data.root to it)."
+            ) from None
         if sha256 is not None:
             digest = _sha256(archive)
             if digest != sha256:
-                raise DataError(f"{url}: the download is corrupt or changed (SHA-256 {digest}, expected {sha256}); "
-                                f"delete {dest} and try again")
+                raise DataError(
+                    f"{url}: the download is corrupt or changed (SHA-256 {digest}, expected {sha256}); "
+                    f"delete {dest} and try again"
+                )
         unpacked = Path(tmp) / "unpacked"
         log.info("Unpacking %s into %s", archive.name, dest)
         if archive.name.endswith(".zip"):

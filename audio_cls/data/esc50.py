@@ -26,14 +26,21 @@ COLUMNS = ("filename", "fold", "target", "category", "esc10", "src_file", "take"
 
 class ESC50(AudioDataModule):
     """Args:
-        root: the folder holding meta/ and audio/.
-        test_fold, val_fold: folds 1-5 (val_fold null: carve validation from the training folds).
-        esc10: only the 10-class ESC-10 subset.
-        download: fetch the dataset from GitHub into `root` when it is not there.
+    root: the folder holding meta/ and audio/.
+    test_fold, val_fold: folds 1-5 (val_fold null: carve validation from the training folds).
+    esc10: only the 10-class ESC-10 subset.
+    download: fetch the dataset from GitHub into `root` when it is not there.
     """
 
-    def __init__(self, root: str, test_fold: int = 5, val_fold: int | None = 4, esc10: bool = False,
-                 download: bool = True, **kwargs):
+    def __init__(
+        self,
+        root: str,
+        test_fold: int = 5,
+        val_fold: int | None = 4,
+        esc10: bool = False,
+        download: bool = True,
+        **kwargs,
+    ):
         super().__init__(root=root, **kwargs)
         for key, fold in (("test_fold", test_fold), ("val_fold", val_fold)):
             if fold is not None and fold not in range(1, 6):
@@ -52,15 +59,18 @@ class ESC50(AudioDataModule):
         if self.meta.is_file():
             return
         if not self.download:
-            raise DataError(f"data.root={self.root}: no meta/esc50.csv; set data.download=true, or download "
-                            f"{URL} and unpack it there")
+            raise DataError(
+                f"data.root={self.root}: no meta/esc50.csv; set data.download=true, or download "
+                f"{URL} and unpack it there"
+            )
         download_and_extract(URL, self.root_path, "ESC-50", strip="ESC-50-master")
         self.scan()  # verify what arrived
 
     def scan(self) -> list[Item]:
         if not self.meta.is_file():
-            raise DataError(f"data.root={self.root}: no meta/esc50.csv (is this the ESC-50 folder? "
-                            f"data.download=true fetches it)")
+            raise DataError(
+                f"data.root={self.root}: no meta/esc50.csv (is this the ESC-50 folder? data.download=true fetches it)"
+            )
         with self.meta.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         if not rows or any(c not in rows[0] for c in COLUMNS):
@@ -77,6 +87,8 @@ class ESC50(AudioDataModule):
             split = "test" if fold == self.test_fold else "val" if fold == self.val_fold else "train"
             items.append(Item(str(path), row["category"], group=row["src_file"], split=split, fold=fold))
         if missing:
-            raise DataError(f"{self.root_path / 'audio'}: {len(missing)} recordings listed in meta/esc50.csv are "
-                            f"missing (e.g. {missing[0]}); the copy is incomplete")
+            raise DataError(
+                f"{self.root_path / 'audio'}: {len(missing)} recordings listed in meta/esc50.csv are "
+                f"missing (e.g. {missing[0]}); the copy is incomplete"
+            )
         return items  # with val_fold null, splits.py carves validation from the training folds, by source

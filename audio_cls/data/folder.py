@@ -13,7 +13,6 @@ import logging
 import re
 import unicodedata
 from collections import Counter
-from pathlib import Path
 
 from audio_cls.audio import AUDIO_EXTENSIONS, audio_files
 from audio_cls.data.base import AudioDataModule, Item, require_dir
@@ -37,8 +36,12 @@ class Folder(AudioDataModule):
         class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         loose = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
         if loose:
-            log.warning("Ignored %d files directly under data.root=%s: a recording belongs in a class folder "
-                        "(e.g. %s)", len(loose), self.root, loose[0].name)
+            log.warning(
+                "Ignored %d files directly under data.root=%s: a recording belongs in a class folder (e.g. %s)",
+                len(loose),
+                self.root,
+                loose[0].name,
+            )
         items, ignored, empty, unmatched, unusable = [], Counter(), [], 0, []
         for class_dir in class_dirs:
             label = unicodedata.normalize("NFC", class_dir.name)
@@ -56,15 +59,27 @@ class Folder(AudioDataModule):
         # cross-validation plans, so each entry is listed once.
         self.skipped.extend(entry for entry in unusable if entry not in self.skipped)
         if ignored:
-            log.warning("Ignored %d files that are not audio (%s): %s", sum(ignored.values()),
-                        "/".join(AUDIO_EXTENSIONS), ", ".join(f"{n} {kind}" for kind, n in ignored.most_common(5)))
+            log.warning(
+                "Ignored %d files that are not audio (%s): %s",
+                sum(ignored.values()),
+                "/".join(AUDIO_EXTENSIONS),
+                ", ".join(f"{n} {kind}" for kind, n in ignored.most_common(5)),
+            )
         if not items:
-            raise DataError(f"data.root={self.root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in class "
-                            f"folders; expected root/<class>/<recordings> (found {len(class_dirs)} folders)")
+            raise DataError(
+                f"data.root={self.root}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in class "
+                f"folders; expected root/<class>/<recordings> (found {len(class_dirs)} folders)"
+            )
         if empty:
-            raise DataError(f"data.root={self.root}: class folders with no audio files: {', '.join(empty)} "
-                            f"(remove them or add recordings)")
+            raise DataError(
+                f"data.root={self.root}: class folders with no audio files: {', '.join(empty)} "
+                f"(remove them or add recordings)"
+            )
         if unmatched:
-            log.warning("data.group_pattern matched %d of %d file names; the others have no group, so splits "
-                        "are carved per file", len(items) - unmatched, len(items))
+            log.warning(
+                "data.group_pattern matched %d of %d file names; the others have no group, so splits "
+                "are carved per file",
+                len(items) - unmatched,
+                len(items),
+            )
         return items

@@ -19,8 +19,15 @@ FILE_NAME = re.compile(r"^(?P<digit>\d)_(?P<speaker>[^_]+)_(?P<index>\d+)\.wav$"
 
 
 class FSDD(AudioDataModule):
-    def __init__(self, root: str, protocol: str = "official", test_speakers: list[str] = ("theo",),
-                 val_speakers: list[str] = (), split_by: str = "file", **kwargs):
+    def __init__(
+        self,
+        root: str,
+        protocol: str = "official",
+        test_speakers: list[str] = ("theo",),
+        val_speakers: list[str] = (),
+        split_by: str = "file",
+        **kwargs,
+    ):
         # Validation is carved per file by default: it shares speakers with training, as the official test set does.
         super().__init__(root=root, split_by=split_by, **kwargs)
         if protocol not in ("official", "speaker"):
@@ -43,12 +50,12 @@ class FSDD(AudioDataModule):
             parsed.append((f, m["digit"], m["speaker"], int(m["index"])))
 
         if self.protocol == "official":
-            return [Item(str(f), digit, speaker, split="test" if index < 5 else None)
-                    for f, digit, speaker, index in parsed]
+            return [
+                Item(str(f), digit, speaker, split="test" if index < 5 else None) for f, digit, speaker, index in parsed
+            ]
         speakers = {speaker for _, _, speaker, _ in parsed}
         for key, chosen in (("data.test_speakers", self.test_speakers), ("data.val_speakers", self.val_speakers)):
             if chosen - speakers:
-                raise ConfigError(f"{key}: unknown speakers {sorted(chosen - speakers)}; "
-                                  f"FSDD has {sorted(speakers)}")
+                raise ConfigError(f"{key}: unknown speakers {sorted(chosen - speakers)}; FSDD has {sorted(speakers)}")
         split_of = {**{s: "test" for s in self.test_speakers}, **{s: "val" for s in self.val_speakers}}
         return [Item(str(f), digit, speaker, split=split_of.get(speaker)) for f, digit, speaker, _ in parsed]

@@ -26,7 +26,7 @@ SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "va
 
 class Manifest(AudioDataModule):
     """Args:
-        root: the manifest CSV, or a folder holding `manifest.csv`.
+    root: the manifest CSV, or a folder holding `manifest.csv`.
     """
 
     def __init__(self, root: str, **kwargs):
@@ -53,8 +53,10 @@ class Manifest(AudioDataModule):
                 raise DataError(f"{manifest}: no {' or '.join(missing)} column (header: {','.join(columns)})")
             unknown = [c for c in columns if c not in REQUIRED + OPTIONAL]
             if unknown:
-                raise DataError(f"{manifest}: unknown columns {unknown}; a manifest has path,label and "
-                                f"optionally {','.join(OPTIONAL)}")
+                raise DataError(
+                    f"{manifest}: unknown columns {unknown}; a manifest has path,label and "
+                    f"optionally {','.join(OPTIONAL)}"
+                )
             reader.fieldnames = columns
             items, seen = [], {}
             for line, row in enumerate(reader, start=2):
@@ -63,8 +65,7 @@ class Manifest(AudioDataModule):
                     continue
                 key = (item.path, item.start, item.end)
                 if key in seen:
-                    raise DataError(f"{manifest} line {line}: {row['path']} is listed twice "
-                                    f"(also line {seen[key]})")
+                    raise DataError(f"{manifest} line {line}: {row['path']} is listed twice (also line {seen[key]})")
                 seen[key] = line
                 items.append(item)
         if not items:
@@ -94,8 +95,15 @@ class Manifest(AudioDataModule):
                 fold = int(fold)
             except ValueError:
                 raise DataError(f"{where}: fold {fold!r} is not an integer") from None
-        return Item(str(path), values["label"], values.get("group") or None, start, end,
-                    SPLIT_NAMES[split.lower()] if split else None, fold)
+        return Item(
+            str(path),
+            values["label"],
+            values.get("group") or None,
+            start,
+            end,
+            SPLIT_NAMES[split.lower()] if split else None,
+            fold,
+        )
 
 
 def parse_segment(values: dict[str, str], where: str) -> tuple[float | None, float | None]:

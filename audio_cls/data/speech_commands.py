@@ -55,23 +55,32 @@ def which_set(file_name: str, validation_percentage: float = 10, testing_percent
 
 class SpeechCommands(AudioDataModule):
     """Args:
-        root: the folder holding the word folders.
-        words: the words to classify, or null for every word folder.
-        unknown: with `words`, label the other words `_unknown_` (else leave them out).
-        unknown_share: `_unknown_` recordings per split as a share of its target-word recordings
-            (0.1 in the benchmark), chosen by hash; null keeps every one.
-        silence_share: `_silence_` clips per split as a share of its target-word recordings (0: none).
-        silence_seconds: length of a `_silence_` clip.
-        noise_shares: {split: [start, end]}, the part of each noise recording (as shares of its length)
-            that the split's `_silence_` clips are cut from; the parts must not overlap.
-        download: fetch v0.02 (2.3 GB, checked against its SHA-256) into `root` when it is not there.
+    root: the folder holding the word folders.
+    words: the words to classify, or null for every word folder.
+    unknown: with `words`, label the other words `_unknown_` (else leave them out).
+    unknown_share: `_unknown_` recordings per split as a share of its target-word recordings
+        (0.1 in the benchmark), chosen by hash; null keeps every one.
+    silence_share: `_silence_` clips per split as a share of its target-word recordings (0: none).
+    silence_seconds: length of a `_silence_` clip.
+    noise_shares: {split: [start, end]}, the part of each noise recording (as shares of its length)
+        that the split's `_silence_` clips are cut from; the parts must not overlap.
+    download: fetch v0.02 (2.3 GB, checked against its SHA-256) into `root` when it is not there.
     """
 
     NOISE_SHARES = {"train": (0.0, 0.8), "val": (0.8, 0.9), "test": (0.9, 1.0)}  # of each noise recording
 
-    def __init__(self, root: str, words: list[str] | None = None, unknown: bool = True,
-                 unknown_share: float | None = None, silence_share: float = 0.0, silence_seconds: float = 1.0,
-                 noise_shares: dict[str, tuple[float, float]] | None = None, download: bool = True, **kwargs):
+    def __init__(
+        self,
+        root: str,
+        words: list[str] | None = None,
+        unknown: bool = True,
+        unknown_share: float | None = None,
+        silence_share: float = 0.0,
+        silence_seconds: float = 1.0,
+        noise_shares: dict[str, tuple[float, float]] | None = None,
+        download: bool = True,
+        **kwargs,
+    ):
         super().__init__(root=root, **kwargs)
         if unknown_share is not None and not unknown_share > 0:
             raise ConfigError(f"data.unknown_share={unknown_share}: must be positive (or null: keep every one)")
@@ -100,13 +109,16 @@ class SpeechCommands(AudioDataModule):
             if not isinstance(step, BackgroundNoise) or not silence_files & {Path(f).resolve() for f in step.files}:
                 continue
             start, end = step.noise_range
-            overlapping = [f"{split} {low:g}-{high:g}" for split, (low, high) in held_out.items()
-                           if start < high and low < end]
+            overlapping = [
+                f"{split} {low:g}-{high:g}" for split, (low, high) in held_out.items() if start < high and low < end
+            ]
             if overlapping:
-                raise ConfigError(f"augment.waveform.noise_range=[{start:g}, {end:g}]: background noise would come "
-                                  f"from the parts of {folder} cut into _silence_ clips ({', '.join(overlapping)} of "
-                                  f"each recording, data.noise_shares); keep it to the training part, e.g. "
-                                  f"augment.waveform.noise_range=${{data.noise_shares.train}}")
+                raise ConfigError(
+                    f"augment.waveform.noise_range=[{start:g}, {end:g}]: background noise would come "
+                    f"from the parts of {folder} cut into _silence_ clips ({', '.join(overlapping)} of "
+                    f"each recording, data.noise_shares); keep it to the training part, e.g. "
+                    f"augment.waveform.noise_range=${{data.noise_shares.train}}"
+                )
 
     def word_dirs(self) -> list[Path]:
         root = require_dir(self.root)
@@ -117,16 +129,18 @@ class SpeechCommands(AudioDataModule):
         if root.is_dir() and any(p.is_dir() and not p.name.startswith(("_", ".")) for p in root.iterdir()):
             return
         if not self.download:
-            raise DataError(f"data.root={self.root}: no word folders; set data.download=true, or download "
-                            f"{URL} and unpack it there")
+            raise DataError(
+                f"data.root={self.root}: no word folders; set data.download=true, or download {URL} and unpack it there"
+            )
         download_and_extract(URL, root, "Speech Commands v0.02", sha256=SHA256)
 
     def scan(self) -> list[Item]:
         root = require_dir(self.root)
         word_dirs = self.word_dirs()
         if not word_dirs:
-            raise DataError(f"data.root={self.root}: no word folders (is this Speech Commands? "
-                            f"data.download=true fetches it)")
+            raise DataError(
+                f"data.root={self.root}: no word folders (is this Speech Commands? data.download=true fetches it)"
+            )
         if self.words is not None:
             absent = sorted(set(self.words) - {d.name for d in word_dirs})
             if absent:
@@ -150,7 +164,7 @@ class SpeechCommands(AudioDataModule):
             candidates = [it for it in unknown if it.split == split]
             if self.unknown_share is not None:  # the same files for a given seed, whatever else is there
                 candidates.sort(key=lambda it: unit_hash(self.split_seed, os.path.relpath(it.path, root)))
-                candidates = candidates[:math.ceil(self.unknown_share * words)]
+                candidates = candidates[: math.ceil(self.unknown_share * words)]
             items += candidates
             if self.silence_share > 0:
                 items += self._silence_items(root, split, math.ceil(self.silence_share * words))
@@ -161,8 +175,12 @@ class SpeechCommands(AudioDataModule):
         lists = {"val": root / "validation_list.txt", "test": root / "testing_list.txt"}
         if not all(p.is_file() for p in lists.values()):
             return None  # the hash rule gives the same splits for the files the lists were made from
-        return {line.strip(): split for split, p in lists.items()
-                for line in p.read_text(encoding="utf-8").splitlines() if line.strip()}
+        return {
+            line.strip(): split
+            for split, p in lists.items()
+            for line in p.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        }
 
     def _silence_items(self, root: Path, split: str, count: int) -> list[Item]:
         """`count` clips evenly spaced over this split's part of every noise recording."""
@@ -180,9 +198,11 @@ class SpeechCommands(AudioDataModule):
         room = sum(last - first for _, first, last in spans)
         if not spans or count == 0:
             if count:
-                raise DataError(f"data.silence_share: the noise recordings in {folder} have no "
-                                f"{self.silence_seconds} s stretch in the {split} split's part of them "
-                                f"({low:.0%}-{high:.0%} of each recording)")
+                raise DataError(
+                    f"data.silence_share: the noise recordings in {folder} have no "
+                    f"{self.silence_seconds} s stretch in the {split} split's part of them "
+                    f"({low:.0%}-{high:.0%} of each recording)"
+                )
             return []
         items = []
         for k in range(count):  # position k along the concatenated start ranges
@@ -190,8 +210,16 @@ class SpeechCommands(AudioDataModule):
             for path, first, last in spans:
                 if offset <= last - first or path == spans[-1][0]:
                     start = round(first + min(offset, last - first), 4)
-                    items.append(Item(str(path), SILENCE, group=f"noise:{path.name}", start=start,
-                                      end=start + self.silence_seconds, split=split))
+                    items.append(
+                        Item(
+                            str(path),
+                            SILENCE,
+                            group=f"noise:{path.name}",
+                            start=start,
+                            end=start + self.silence_seconds,
+                            split=split,
+                        )
+                    )
                     break
                 offset -= last - first
         return items
@@ -205,12 +233,14 @@ def _check_noise_shares(shares) -> dict[str, tuple[float, float]]:
     for split in ("train", "val", "test"):
         span = shares[split]
         if len(span) != 2 or not 0 <= span[0] < span[1] <= 1:
-            raise ConfigError(f"data.noise_shares.{split}={list(span)}: expected [start, end] with "
-                              f"0 <= start < end <= 1")
+            raise ConfigError(
+                f"data.noise_shares.{split}={list(span)}: expected [start, end] with 0 <= start < end <= 1"
+            )
         spans[split] = (float(span[0]), float(span[1]))
     ordered = sorted(spans.items(), key=lambda kv: kv[1])
     for (a, (_, a_end)), (b, (b_start, _)) in zip(ordered, ordered[1:]):
         if b_start < a_end:
-            raise ConfigError(f"data.noise_shares: the {a} and {b} parts overlap; no second of noise may be in "
-                              f"two splits")
+            raise ConfigError(
+                f"data.noise_shares: the {a} and {b} parts overlap; no second of noise may be in two splits"
+            )
     return spans

@@ -48,12 +48,17 @@ def use_groups(items: list, split_by: str, purpose: str) -> bool:
         raise ConfigError(f"data.split_by={split_by!r}: expected one of {', '.join(SPLIT_BY)}")
     missing = sum(it.group is None for it in items)
     if split_by == "group" and missing:
-        raise ConfigError(f"data.split_by=group: {missing} of {len(items)} recordings have no group "
-                          f"(speaker/source) to split by")
+        raise ConfigError(
+            f"data.split_by=group: {missing} of {len(items)} recordings have no group (speaker/source) to split by"
+        )
     if split_by == "file" or not items:
         return False
     if missing:
-        why = "no recording has a group" if missing == len(items) else f"{missing} of {len(items)} recordings have no group"
+        why = (
+            "no recording has a group"
+            if missing == len(items)
+            else f"{missing} of {len(items)} recordings have no group"
+        )
         log.info("%s: random per-file split (%s, so a speaker may appear in several splits)", purpose, why)
         return False
     return True
@@ -67,8 +72,9 @@ def unit_of(item, by_group: bool, root: Path | None) -> str:
     return os.path.relpath(item.path, root) if root is not None else item.path
 
 
-def carve(items: list, fractions: dict[str, float], seed: int, by_group: bool,
-          root: Path | None = None) -> dict[str, list]:
+def carve(
+    items: list, fractions: dict[str, float], seed: int, by_group: bool, root: Path | None = None
+) -> dict[str, list]:
     """Divide `items` among the splits named in `fractions` (in order, each taking its fraction of the
     hash range) and "train" (the rest). A class whose every unit would leave training stays in training."""
     unit = {id(it): unit_of(it, by_group, root) for it in items}
@@ -93,10 +99,14 @@ def carve(items: list, fractions: dict[str, float], seed: int, by_group: bool,
         # Whole units return to training, so a group-disjoint split stays group-disjoint: a speaker's
         # recordings of other classes come back with those of the stranded class.
         back = {unit[id(it)] for name in fractions for it in out[name] if it.label in stranded}
-        log.warning("%d classes have too few %s to give some to %s; all of theirs stay in training: %s%s",
-                    len(stranded), "groups" if by_group else "recordings", "/".join(fractions),
-                    ", ".join(stranded[:10]),
-                    f" (with every recording of {len(back)} groups: {', '.join(sorted(back)[:10])})" if by_group else "")
+        log.warning(
+            "%d classes have too few %s to give some to %s; all of theirs stay in training: %s%s",
+            len(stranded),
+            "groups" if by_group else "recordings",
+            "/".join(fractions),
+            ", ".join(stranded[:10]),
+            f" (with every recording of {len(back)} groups: {', '.join(sorted(back)[:10])})" if by_group else "",
+        )
         for name in fractions:
             move(back, name, "train")
     for name, fraction in fractions.items():
@@ -112,8 +122,9 @@ def carve(items: list, fractions: dict[str, float], seed: int, by_group: bool,
     return out
 
 
-def assign_splits(items: list, val_fraction: float, test_fraction: float, seed: int, split_by: str,
-                  root: Path | None = None) -> dict[str, list]:
+def assign_splits(
+    items: list, val_fraction: float, test_fraction: float, seed: int, split_by: str, root: Path | None = None
+) -> dict[str, list]:
     """Items (with or without a predefined `split`) -> {"train", "val", "test"} (see the module doc)."""
     bad = sorted({it.split for it in items} - {None, *SPLITS})
     if bad:
@@ -136,8 +147,10 @@ def assign_splits(items: list, val_fraction: float, test_fraction: float, seed: 
     for name in ("val", "test"):
         if not splits[name]:
             key = "val_fraction" if name == "val" else "test_fraction"
-            raise DataError(f"the {name} split is empty: the data defines none and data.{key} "
-                            f"carves no recording from {len(items)}; raise data.{key} or add recordings")
+            raise DataError(
+                f"the {name} split is empty: the data defines none and data.{key} "
+                f"carves no recording from {len(items)}; raise data.{key} or add recordings"
+            )
     return splits
 
 
@@ -194,8 +207,16 @@ def cv_folds(items: list, scheme: str, num_folds: int, seed: int, root: Path | N
     return [(f"fold {i}", fold) for i, fold in enumerate(folds)]
 
 
-def cv_split(items: list, scheme: str, num_folds: int, fold: int, val_fraction: float, seed: int,
-             split_by: str = "auto", root: Path | None = None) -> dict[str, list]:
+def cv_split(
+    items: list,
+    scheme: str,
+    num_folds: int,
+    fold: int,
+    val_fraction: float,
+    seed: int,
+    split_by: str = "auto",
+    root: Path | None = None,
+) -> dict[str, list]:
     """Fold `fold` as the test split; validation carved from the other folds (by group when known)."""
     folds = cv_folds(items, cv_scheme(items, scheme), num_folds, seed, root)
     if not 0 <= fold < len(folds):

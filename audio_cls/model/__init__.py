@@ -1,10 +1,13 @@
-"""Networks: plain nn.Modules, `forward(x (batch, time, feat), lengths (batch,)) -> logits`.
+"""Networks: plain nn.Modules, `forward(x (batch, time, feat), lengths (batch,)) -> logits (batch, num_classes)`,
+and optionally `min_input_frames() -> int`, the fewest frames they accept (1 when absent; read it with
+`audio_cls.model.layers.min_input_frames(net)`). The protocol is described in layers.py.
 
 Each is built by Hydra from conf/model/NAME.yaml with `in_features` and `num_classes` filled
 in from the data, so a new network is one module here plus one YAML there.
 """
 
 from audio_cls.model.cnn import CNN1d, CNN2d
+from audio_cls.model.crnn import CRNN
 from audio_cls.model.lstm import LSTMClassifier
 
-__all__ = ["CNN1d", "CNN2d", "LSTMClassifier"]
+__all__ = ["CNN1d", "CNN2d", "CRNN", "LSTMClassifier"]

@@ -1,18 +1,72 @@
-"""Pieces the networks share: activations by name, the conv length formula, pooling over valid frames."""
+"""Pieces the networks share, and the length protocol they follow.
+
+The network protocol: a network is an `nn.Module` with
+
+    forward(x, lengths) -> logits
+        x: (batch, time, feat) features, zero- (or anything-) padded past each item's length;
+        lengths: (batch,) valid frames of each item; logits: (batch, num_classes).
+    min_input_frames() -> int   (optional)
+        The fewest frames it accepts (a CNN's convolutions and pooling need a few); 1 when absent.
+        Read it with `min_input_frames(net)`.
+
+Inside the convolutional networks, every length-changing piece takes and returns `(x, lengths)` (as
+torchaudio's wav2vec2 components do): `ConvBlock(h, lengths) -> (h, lengths)`, and `ConvStack`, the blocks
+of CNN1d, CNN2d and CRNN, `(x, lengths) -> (maps, lengths)`, with the conv length formula as
+`output_lengths`, `block_lengths` and `min_input_frames`.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from audio_cls.errors import ConfigError
 from audio_cls.features import frame_mask
 
 ACTIVATIONS = {
-    "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU, "elu": nn.ELU, "gelu": nn.GELU,
-    "silu": nn.SiLU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid,
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
 }
-READOUTS = ("mean", "max", "meanmax")
+READOUTS = ("mean", "max", "meanmax")  # pooled over valid frames
+RNN_READOUTS = ("last", *READOUTS)  # "last": the final state of each item's last valid step
+
+
+def min_input_frames(net: nn.Module) -> int:
+    """The fewest frames `net` accepts: `net.min_input_frames()` where the network defines it, else 1."""
+    method = getattr(net, "min_input_frames", None)
+    return int(method()) if callable(method) else 1
+
+
+def check_readout(readout: str, choices: tuple[str, ...] = READOUTS) -> None:
+    if readout not in choices:
+        raise ConfigError(f"model.readout={readout!r}: expected one of {', '.join(choices)}")
+
+
+def readout_width(width: int, readout: str) -> int:
+    """Features per item after reading out `width` channels: twice as many for "meanmax" (mean, then max)."""
+    return width * (2 if readout == "meanmax" else 1)
+
+
+def host_checks_enabled(lengths: torch.Tensor) -> bool:
+    """Whether Python may look at the values of `lengths` (`int(lengths.min())`) to check them: in eager mode
+    on CPU tensors only. Not on an accelerator, where reading a value makes the host wait for the device
+    every step, and not while torch.jit.trace, torch.compile / torch.export or an ONNX exporter captures a
+    graph, which cannot hold a Python check (and torch.export fails on a data-dependent int). Inputs an
+    exported graph gets are the caller's to pad to its minimum length, as Classifier does."""
+    return (
+        lengths.device.type == "cpu"
+        and not torch.jit.is_tracing()
+        and not torch.compiler.is_compiling()
+        and not torch.onnx.is_in_onnx_export()
+    )
 
 
 def make_activation(name: str, key: str = "model.activation") -> nn.Module:
@@ -25,7 +79,7 @@ def make_activation(name: str, key: str = "model.activation") -> nn.Module:
 def conv_output_length(length, kernel_size: int, stride: int = 1, padding: int | str = 0, dilation: int = 1):
     """Frames after a convolution or pooling layer; works on ints and integer tensors.
 
-    The note's N2 = (N1 - kernel) / stride + 1, generalized for padding and dilation as in
+    The founding note's N2 = (N1 - kernel) / stride + 1, generalized for padding and dilation as in
     the PyTorch docs: N2 = floor((N1 + 2*padding - dilation*(kernel - 1) - 1) / stride) + 1.
     padding="same" (stride 1) keeps the length: N2 = N1.
     """
@@ -35,8 +89,16 @@ def conv_output_length(length, kernel_size: int, stride: int = 1, padding: int |
 
 
 def masked_pool(x: torch.Tensor, lengths: torch.Tensor, mode: str) -> torch.Tensor:
-    """Pool (batch, time, channels) over each item's valid frames -> (batch, channels), or 2x channels
-    for "meanmax". Padding frames never enter the result."""
+    """Pool over each item's valid frames; padding frames never enter the result.
+
+    Args:
+        x: (batch, time, channels).
+        lengths: (batch,) valid frames of each item.
+        mode: "mean", "max" or "meanmax" (both, concatenated).
+
+    Returns:
+        (batch, channels), or (batch, 2 * channels) for "meanmax".
+    """
     mask = frame_mask(lengths, x.shape[1]).unsqueeze(-1)
     pooled = []
     if mode in ("mean", "meanmax"):
@@ -57,9 +119,59 @@ def per_block(value, num_blocks: int, key: str) -> list:
     return [value] * num_blocks
 
 
+def last_state(h_n: torch.Tensor, bidirectional: bool) -> torch.Tensor:
+    """The "last" readout of an nn.LSTM / nn.GRU run on packed sequences: its top layer's final states.
+
+    Args:
+        h_n: (layers * directions, batch, hidden), the RNN's final hidden states (the top layer's come last).
+        bidirectional: the forward direction's state is then that of each item's last valid step, and the
+            backward direction's the one after reading the whole item back to its first step.
+
+    Returns:
+        (batch, hidden * directions), forward direction first.
+    """
+    top = h_n[-2:] if bidirectional else h_n[-1:]
+    return torch.cat(list(top), dim=-1)
+
+
+def make_rnn(
+    kind: type[nn.LSTM] | type[nn.GRU], in_features: int, hidden: int, layers: int, bidirectional: bool, dropout: float
+) -> nn.LSTM | nn.GRU:
+    """A batch-first LSTM or GRU; `dropout` between layers (none with one layer, where torch would warn)."""
+    return kind(
+        in_features,
+        hidden,
+        num_layers=layers,
+        batch_first=True,
+        bidirectional=bidirectional,
+        dropout=dropout if layers > 1 else 0.0,
+    )
+
+
+def rnn_readout(rnn: nn.LSTM | nn.GRU, x: torch.Tensor, lengths: torch.Tensor, readout: str) -> torch.Tensor:
+    """Run a batch_first RNN over each item's valid steps (packed: padding never reaches it) and read it out.
+
+    Args:
+        rnn: an nn.LSTM or nn.GRU with batch_first=True.
+        x: (batch, time, rnn.input_size).
+        lengths: (batch,) valid steps of each item, each at least 1.
+        readout: one of RNN_READOUTS.
+
+    Returns:
+        (batch, readout_width(hidden * directions, readout)).
+    """
+    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    outputs, h_n = rnn(packed)
+    if readout == "last":
+        return last_state(h_n[0] if isinstance(h_n, tuple) else h_n, rnn.bidirectional)  # LSTM: (h_n, c_n)
+    padded, _ = pad_packed_sequence(outputs, batch_first=True, total_length=x.shape[1])
+    return masked_pool(padded, lengths.to(padded.device), readout)
+
+
 def time_mask(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Zero every frame of `x` ((batch, channels, time) or (batch, channels, freq, time)) past each item's
-    length: what a `same` convolution reads at an item's edge is then zero, as for the item alone."""
+    length (lengths: (batch,)): what a `same` convolution reads at an item's edge is then zero, as for the
+    item alone. Returns the same shape."""
     mask = frame_mask(lengths.to(x.device), x.shape[-1])
     return x.masked_fill(~mask.view(mask.shape[0], *([1] * (x.dim() - 2)), mask.shape[1]), 0.0)
 
@@ -106,24 +218,45 @@ class MaskedBatchNorm2d(_MaskedBatchNorm, nn.BatchNorm2d):
 class ConvBlock(nn.Sequential):
     """conv -> [norm] -> activation -> [max-pool] -> dropout, over (batch, channels, [freq,] time).
 
-    `block(h)` runs the layers as a plain Sequential; `block(h, lengths)` also keeps padding out of the
-    batch-norm statistics and zeroes the frames past each item's output length, returning
-    (h, output lengths). With its input zero past each length (the caller masks the network's input),
-    an item's valid outputs are then the same alone or in any padded batch.
+    `block(h)` runs the layers as a plain Sequential: (batch, in_ch, [freq,] time) -> (batch, out_ch,
+    [freq',] time'). `block(h, lengths)`, lengths (batch,) valid frames, also keeps padding out of the
+    batch-norm statistics and zeroes the frames past each item's output length, returning (h, lengths')
+    with lengths' (batch,) the valid frames after the block. With its input zero past each length (ConvStack
+    masks the network's input), an item's valid outputs are then the same alone or in any padded batch.
     """
 
-    def __init__(self, conv: nn.Module, norm: nn.Module | None, activation: nn.Module, pool: nn.Module | None,
-                 dropout: float):
+    def __init__(
+        self, conv: nn.Module, norm: nn.Module | None, activation: nn.Module, pool: nn.Module | None, dropout: float
+    ):
         super().__init__(*[m for m in (conv, norm, activation, pool, nn.Dropout(dropout)) if m is not None])
-        self.conv_spec = dict(kernel_size=_first(conv.kernel_size), stride=_first(conv.stride),
-                              padding=conv.padding if isinstance(conv.padding, str) else _first(conv.padding),
-                              dilation=_first(conv.dilation))
+        self.conv_spec = dict(
+            kernel_size=_first(conv.kernel_size),
+            stride=_first(conv.stride),
+            padding=conv.padding if isinstance(conv.padding, str) else _first(conv.padding),
+            dilation=_first(conv.dilation),
+        )
         self.pool_size = _first(pool.kernel_size) if pool is not None else 1
+
+    @property
+    def spec(self) -> dict:
+        """The settings that change lengths: kernel_size, stride, padding, dilation, pool_size."""
+        return {**self.conv_spec, "pool_size": self.pool_size}
 
     def output_lengths(self, lengths):
         """Frames after the conv and after the pool (ints or integer tensors)."""
         conv = conv_output_length(lengths, **self.conv_spec)
         return conv, (conv if self.pool_size == 1 else conv_output_length(conv, self.pool_size, self.pool_size))
+
+    def min_input_length(self, out_frames: int = 1) -> int:
+        """The fewest input frames that leave at least `out_frames` after the conv and the pool: the conv
+        length formula solved for the input (the pool, stride = kernel, leaves floor(n / pool_size))."""
+        frames = out_frames * self.pool_size
+        spec = self.conv_spec
+        if spec["padding"] != "same":  # floor((n + 2p - d(k-1) - 1) / s) + 1 >= m  <=>  n >= (m-1)s - 2p + d(k-1) + 1
+            frames = (
+                (frames - 1) * spec["stride"] - 2 * spec["padding"] + spec["dilation"] * (spec["kernel_size"] - 1) + 1
+            )
+        return max(frames, 1)
 
     def forward(self, h: torch.Tensor, lengths: torch.Tensor | None = None):
         if lengths is None:
@@ -132,6 +265,176 @@ class ConvBlock(nn.Sequential):
         for layer in self:
             h = layer(h, conv_lengths) if isinstance(layer, _MaskedBatchNorm) else layer(h)
         return time_mask(h, out_lengths), out_lengths
+
+
+class ConvStack(nn.Module):
+    """ConvBlocks over time with each item's length tracked through them: the front of CNN1d, CNN2d and CRNN.
+
+    Args:
+        in_features: feature bins per frame (Conv1d: the first block's input channels).
+        channels: output channels of each block (a list), or one width for `num_blocks` blocks.
+        num_blocks: the number of blocks when `channels` is one width (else None, or len(channels)).
+        kernel_size, stride, padding, dilation, pool_size: one value for every block, or a list with one
+            per block. padding: "same" (stride 1 only), "valid" (0) or an integer. pool_size: the max-pool
+            (kernel = stride) after the block's activation; 1 for none.
+        activation: of every block, by name (see ACTIVATIONS).
+        norm: "batch" (masked batch norm, conv without bias) or "none" (conv with bias).
+        dropout: after every block.
+        dims: 1: Conv1d over time, the features as channels; 2: Conv2d over the (feat x time) image, whose
+            feature axis shrinks by the same rules as time.
+
+    forward(x, lengths) -> (maps, lengths'):
+        x: (batch, time, feat); lengths: (batch,) valid frames of each item.
+        maps: (batch, out_channels, time') for dims=1, (batch, out_channels, feat', time') for dims=2,
+            zero past each item's length; lengths': (batch,) valid frames after the last block.
+
+    Padding is zeroed before every block and kept out of batch-norm statistics, so an item's maps do not
+    depend on its batch. On CPU lengths in eager mode, an input too short to keep a frame through every block
+    is a ConfigError that names the block (see `host_checks_enabled` for when it is checked).
+
+    The blocks are its children "0", "1", ... (indexable and iterable like a list): held as a network's
+    `blocks`, their state_dict keys are `blocks.0.0.weight`, ..., as with an nn.ModuleList.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        channels: int | list[int],
+        num_blocks: int | None = None,
+        kernel_size: int | list[int] = 5,
+        stride: int | list[int] = 1,
+        padding: int | str | list = "same",
+        dilation: int | list[int] = 1,
+        activation: str = "relu",
+        norm: str = "batch",
+        pool_size: int | list[int] = 2,
+        dropout: float = 0.1,
+        dims: int = 1,
+    ):
+        super().__init__()
+        if isinstance(channels, int):
+            if not num_blocks:
+                raise ConfigError(f"model.channels={channels} is one width: set model.num_blocks too")
+            channels = [channels] * num_blocks
+        elif num_blocks is not None and num_blocks != len(channels):
+            raise ConfigError(f"model.num_blocks={num_blocks} but model.channels lists {len(channels)} blocks")
+        if norm not in ("batch", "none"):
+            raise ConfigError(f"model.norm={norm!r}: expected 'batch' or 'none'")
+        conv, batchnorm, maxpool = {
+            1: (nn.Conv1d, MaskedBatchNorm1d, nn.MaxPool1d),
+            2: (nn.Conv2d, MaskedBatchNorm2d, nn.MaxPool2d),
+        }[dims]
+        n, in_ch = len(channels), in_features if dims == 1 else 1
+        for i, (out_ch, k, s, p, d, ps) in enumerate(
+            zip(
+                channels,
+                per_block(kernel_size, n, "model.kernel_size"),
+                per_block(stride, n, "model.stride"),
+                per_block(padding, n, "model.padding"),
+                per_block(dilation, n, "model.dilation"),
+                per_block(pool_size, n, "model.pool_size"),
+            )
+        ):
+            if p == "same" and s != 1:
+                raise ConfigError(
+                    f"model.padding='same' needs stride 1 (block {i} has stride {s}); "
+                    f"use an integer padding such as (kernel-1)//2 = {(k - 1) // 2}"
+                )
+            self.add_module(
+                str(i),
+                ConvBlock(
+                    conv(in_ch, out_ch, k, stride=s, padding=0 if p == "valid" else p, dilation=d, bias=norm == "none"),
+                    batchnorm(out_ch) if norm == "batch" else None,
+                    make_activation(activation),
+                    maxpool(ps) if ps > 1 else None,
+                    dropout,
+                ),
+            )
+            in_ch = out_ch
+        self.dims, self.out_channels = dims, in_ch
+        if dims == 2:
+            freq = min(self.block_lengths(in_features), default=in_features)
+            if freq < 1:
+                raise ConfigError(
+                    f"model: the feature axis of {in_features} bins shrinks to {freq}; "
+                    f"use fewer model.channels or smaller pool_size/stride"
+                )
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[ConvBlock]:
+        return iter(self._modules.values())
+
+    def __getitem__(self, index: int) -> ConvBlock:
+        return list(self._modules.values())[index]
+
+    def block_lengths(self, length) -> list:
+        """Frames after each block for inputs of `length` frames (an int or a tensor of lengths)."""
+        out = []
+        for block in self:
+            length = block.output_lengths(length)[1]
+            out.append(length)
+        return out
+
+    def output_lengths(self, lengths):
+        """Valid frames after the last block for inputs of `lengths` frames (an int or a tensor (batch,))."""
+        for block in self:
+            lengths = block.output_lengths(lengths)[1]
+        return lengths
+
+    def min_input_frames(self) -> int:
+        """The fewest input frames that keep at least one frame after every block."""
+        frames = 1
+        for block in reversed(list(self)):
+            frames = block.min_input_length(frames)
+        return frames
+
+    def check_lengths(self, lengths: torch.Tensor) -> None:
+        """A ConfigError naming the block, its settings and what to change if the shortest of `lengths`
+        (batch,) shrinks below one frame. Reads a value on the host: see `host_checks_enabled`."""
+        shortest = int(lengths.min())
+        for i, (block, n) in enumerate(zip(self, self.block_lengths(shortest))):
+            if n < 1:
+                spec = ", ".join(f"{k}={v}" for k, v in block.spec.items())
+                raise ConfigError(
+                    f"model: an input of {shortest} frames shrinks to {n} frames after block {i} ({spec}); "
+                    f"use smaller model.kernel_size/stride/pool_size, fewer blocks (model.channels, "
+                    f"model.num_blocks) or longer inputs"
+                )
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if host_checks_enabled(lengths):
+            self.check_lengths(lengths)
+        lengths = lengths.to(x.device)
+        h = x.transpose(1, 2)  # (batch, feat, time)
+        h = time_mask(h if self.dims == 1 else h.unsqueeze(1), lengths)
+        for block in self:
+            h, lengths = block(h, lengths)
+        return h, lengths
+
+
+class ConvFront:
+    """For networks whose front is a ConvStack in `self.blocks`: its length arithmetic on the network
+    (`block_lengths`, `output_lengths`, and `min_input_frames` of the network protocol)."""
+
+    # config_checks: a network's `**conv` goes to ConvStack, less the arguments the network passes itself
+    passes_kwargs_to = ConvStack
+    fills_arguments = ("in_features", "channels", "dims")
+
+    blocks: ConvStack
+
+    def block_lengths(self, length) -> list:
+        """Frames after each block for inputs of `length` frames (an int or a tensor of lengths)."""
+        return self.blocks.block_lengths(length)
+
+    def output_lengths(self, lengths):
+        """Valid frames after the last block for inputs of `lengths` frames."""
+        return self.blocks.output_lengths(lengths)
+
+    def min_input_frames(self) -> int:
+        """The fewest input frames the network accepts: one frame left after every block."""
+        return self.blocks.min_input_frames()
 
 
 def _first(value):
