@@ -40,12 +40,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     if OmegaConf.is_missing(cfg, "ckpt_path"):
         raise ConfigError("ckpt_path: missing; pass ckpt_path=PATH (a checkpoint written by audio_cls.train)")
     ckpt = Path(cfg.ckpt_path)
-    if not ckpt.is_file():
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: no such file")
-    try:
-        module = load_model(ckpt)
-    except Exception as err:
-        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: not a checkpoint of audio_cls.train ({err})") from None
+    module = load_model(ckpt)  # a ConfigError naming the file for every way it can fail
     if overrides is None:
         overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
 
@@ -63,10 +58,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     datamodule.setup("test")
     if datamodule.class_names != module.class_names:
         raise DataError(f"data: classes {datamodule.class_names} differ from the checkpoint's {module.class_names}")
-    try:
-        check_shortest_input(module.net, datamodule.min_frames, module.features.num_features)
-    except ConfigError as err:
-        raise ConfigError(f"{err} (the shortest recording is {datamodule.shortest_path})") from None
+    check_shortest_input(module.net, datamodule)
     if rank_zero_only.rank == 0:  # what was tested, to compare with the training run's splits.csv
         datamodule.write_split_files(Path(cfg.paths.output_dir))
 

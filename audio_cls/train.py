@@ -40,10 +40,7 @@ def train(cfg: DictConfig) -> dict:
         datamodule.write_split_files(output_dir)
 
     net = instantiate(cfg.model, in_features=features.num_features, num_classes=datamodule.num_classes)
-    try:
-        check_shortest_input(net, datamodule.min_frames, features.num_features)
-    except ConfigError as err:
-        raise ConfigError(f"{err} (the shortest recording is {datamodule.shortest_path})") from None
+    check_shortest_input(net, datamodule)
     config = OmegaConf.to_container(cfg, resolve=True)
     module = AudioClassifier(
         net,
@@ -96,13 +93,17 @@ def build_datamodule(cfg: DictConfig):
     )
 
 
-def check_shortest_input(net: torch.nn.Module, frames: int, num_features: int) -> None:
-    """Run the network once on the shortest recording's length, so impossible shapes fail now."""
-    was_training = net.training
+def check_shortest_input(net: torch.nn.Module, datamodule) -> None:
+    """Run the network once on the datamodule's shortest recording, so impossible shapes fail now, naming it."""
+    frames, was_training = datamodule.min_frames, net.training
     net.eval()
-    with torch.no_grad():
-        net(torch.zeros(1, frames, num_features), torch.tensor([frames]))
-    net.train(was_training)
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, frames, datamodule.features.num_features), torch.tensor([frames]))
+    except ConfigError as err:
+        raise ConfigError(f"{err} (the shortest recording is {datamodule.shortest_path})") from None
+    finally:
+        net.train(was_training)
 
 
 def loss_config(loss: dict, datamodule) -> dict:

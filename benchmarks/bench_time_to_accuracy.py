@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 import plain_reference
 from audio_cls.module import AudioClassifier
 from audio_cls.train import build_datamodule
-from common import default_config, machine, print_table
+from common import bare_trainer, default_config, machine, print_table
 
 
 class TestAccuracyClock(L.Callback):
@@ -72,17 +72,7 @@ def ours(epochs: int, seed: int, overrides: list[str]) -> list[tuple[int, float,
         mixup_alpha=cfg.augment.mixup_alpha,
     )
     clock = TestAccuracyClock(dm)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[clock],
-        use_distributed_sampler=False,
-    )
+    trainer = bare_trainer(epochs, [clock])
     trainer.fit(module, datamodule=dm)
     return clock.history
 

@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 
 from audio_cls.module import AudioClassifier
-from common import default_config, machine, print_table
+from common import bare_trainer, default_config, machine, print_table
 
 
 class EpochTimer(L.Callback):
@@ -41,19 +41,7 @@ def lightning_epochs(placement: str, num_workers: int, epochs: int) -> list[floa
     cfg, dm, net = build(placement, num_workers)
     module = AudioClassifier(net, dm.features, dm.class_names, optimizer=dict(cfg.optimizer))
     timer = EpochTimer()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=epochs,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        num_sanity_val_steps=0,
-        callbacks=[timer],
-        use_distributed_sampler=False,
-    )
+    trainer = bare_trainer(epochs, [timer], limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)  # the datamodule extracts batches' features for placement=device
     return timer.times
 

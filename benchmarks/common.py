@@ -50,3 +50,20 @@ def print_table(title: str, header: list[str], rows: list[list]) -> str:
     text = "\n".join(lines) + "\n"
     print(text, flush=True)
     return text
+
+
+def bare_trainer(epochs: int, callbacks: list, **settings):
+    """A Lightning Trainer on the CPU without logging, checkpoints or progress bar: what the benchmarks time."""
+    import lightning as L
+
+    off = dict.fromkeys(("logger", "enable_checkpointing", "enable_progress_bar", "enable_model_summary"), False)
+    # use_distributed_sampler=False: our samplers shard batches themselves, as conf/trainer/default.yaml says
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        callbacks=callbacks,
+        use_distributed_sampler=False,
+        **off,
+        **settings,
+    )

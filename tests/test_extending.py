@@ -43,6 +43,7 @@ def test_a_network_added_as_one_py_and_one_yaml_trains(fsdd_slice, tmp_path, mon
                 f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
                 "model=my_net",
                 "debug=limit",
+                "data.num_workers=2",  # the shipped setting, which debug=limit turns off
                 f"data.root={fsdd_slice}",
                 "logger=none",
             ],

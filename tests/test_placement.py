@@ -21,18 +21,14 @@ FRONT_ENDS = {  # every feature type of conf/features/
 }
 
 
+def fsdd(root, cache_dir, features, placement, **settings) -> FSDD:
+    """The FSDD slice at 8 kHz with conf/data's shipped settings (2 DataLoader workers), batches of 16."""
+    settings = {"sample_rate": 8000, "batch_size": 16, "num_workers": 2, **settings}
+    return FSDD(root=str(root), features=features, placement=placement, cache_dir=str(cache_dir), **settings)
+
+
 def batches(root, tmp_path, placement, normalize, make=FRONT_ENDS["logmel"], duration=None, split="val"):
-    features = make(normalize=normalize)
-    dm = FSDD(
-        root=str(root),
-        features=features,
-        placement=placement,
-        sample_rate=8000,
-        batch_size=16,
-        cache_dir=str(tmp_path),
-        duration=duration,
-        num_workers=2,
-    )
+    dm = fsdd(root, tmp_path, make(normalize=normalize), placement, duration=duration)
     dm.setup("fit")
     loader = {"val": dm.val_dataloader, "test": dm.test_dataloader}[split]()
     # on_after_batch_transfer is where placement=device extracts; a no-op for the other placements
@@ -65,15 +61,8 @@ def test_cached_training_clips_shorter_than_duration_match_the_waveform_path(fsd
     cache too (longer ones are cut to a random span of frames instead of samples: see AudioDataset)."""
     datasets = {}
     for placement in ("worker", "cache"):
-        features = LogMel(8000, hop_length=80, normalize="none")
-        dm = FSDD(
-            root=str(fsdd_slice),
-            features=features,
-            placement=placement,
-            sample_rate=8000,
-            duration=2.5,
-            cache_dir=str(tmp_path / placement),
-            num_workers=0,
+        dm = fsdd(
+            fsdd_slice, tmp_path / placement, LogMel(8000, hop_length=80, normalize="none"), placement, duration=2.5
         )
         dm.setup("fit")
         datasets[placement] = dm.dataset("train")
@@ -93,9 +82,7 @@ def test_cache_is_reused_and_invalidated(fsdd_slice, tmp_path):
     assert {f: f.stat().st_mtime_ns for f in tmp_path.glob("FSDD-*.pt")} == stamps
 
     features = LogMel(8000, hop_length=80, n_mels=40)  # another extractor
-    FSDD(root=str(fsdd_slice), features=features, placement="cache", sample_rate=8000, cache_dir=str(tmp_path)).setup(
-        "fit"
-    )
+    fsdd(fsdd_slice, tmp_path, features, "cache").setup("fit")
     assert len(list(tmp_path.glob("FSDD-*.pt"))) == 6
 
     changed = dm.splits["test"][0].path  # a file changes: its split's cache no longer matches
@@ -168,15 +155,13 @@ def zero_bands(batch):
 def test_feature_augmentation_follows_extraction_in_training_only(fsdd_slice, tmp_path, placement):
     batches = {}
     for name, augment in (("plain", None), ("augmented", dict(freq_mask=20, time_mask=5, num_masks=2))):
-        features = LogMel(8000, hop_length=80, normalize="utterance")
-        dm = FSDD(
-            root=str(fsdd_slice),
-            features=features,
-            placement=placement,
-            sample_rate=8000,
-            batch_size=16,
-            cache_dir=str(tmp_path),
-            spec_augment=SpecAugment(**augment) if augment else None,
+        spec_augment = SpecAugment(**augment) if augment else None
+        dm = fsdd(
+            fsdd_slice,
+            tmp_path,
+            LogMel(8000, hop_length=80, normalize="utterance"),
+            placement,
+            spec_augment=spec_augment,
         )
         dm.setup("fit")
         train, val = next(iter(dm.train_dataloader())), next(iter(dm.val_dataloader()))
@@ -197,15 +182,7 @@ def test_processes_filling_the_cache_at_once_do_not_collide(fsdd_slice, tmp_path
     import threading
     import time
 
-    features = LogMel(8000, hop_length=80, normalize="none")
-    dm = FSDD(
-        root=str(fsdd_slice),
-        features=features,
-        placement="cache",
-        sample_rate=8000,
-        cache_dir=str(tmp_path),
-        num_workers=0,
-    )
+    dm = fsdd(fsdd_slice, tmp_path, LogMel(8000, hop_length=80, normalize="none"), "cache")
     dm.splits = dm.build_splits()
     dm._check_splits()
     save = torch.save

@@ -232,6 +232,12 @@ def pad_collate(items: list[dict | None]) -> dict:
     }
 
 
+def this_rank_share(items: list) -> list:
+    """This process's every world_size-th entry of `items`, padded with its start to divide evenly (DDP)."""
+    rank, world = _rank_and_world()
+    return (items + items[: (-len(items)) % world])[rank::world]
+
+
 def _rank_and_world() -> tuple[int, int]:
     """This process's place among the training processes (read when an epoch starts, after DDP set up)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -285,10 +291,7 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         order = self.order()
-        rank, world = _rank_and_world()
-        positions = list(range(len(order)))
-        positions += positions[: (-len(positions)) % world]
-        return iter([(order[p], self.item_seed(p)) for p in positions[rank::world]])
+        return iter([(order[p], self.item_seed(p)) for p in this_rank_share(list(range(len(order))))])
 
     def __len__(self) -> int:
         return -(-self.size // _rank_and_world()[1])
@@ -359,10 +362,7 @@ class LengthBucketSampler(Sampler):
         return batches + [batch] if batch else batches
 
     def __iter__(self):
-        batches = list(self.all_batches())  # a copy: padded for DDP below
-        rank, world = _rank_and_world()
-        batches += batches[: (-len(batches)) % world]
-        return iter(batches[rank::world])
+        return iter(this_rank_share(self.all_batches()))
 
     def __len__(self) -> int:
         return -(-len(self.all_batches()) // _rank_and_world()[1])
@@ -577,19 +577,16 @@ class AudioDataModule(L.LightningDataModule):
         """(features, frame lengths) batches of a split, centre-cropped and not augmented, extracted from the
         audio in every placement (the cache crops frames, not samples), so that the statistics measured
         on them are the same whatever the placement."""
-        # The cache holds the same features when nothing is cropped (checked in tests/test_data.py)
-        placement = (
-            "cache"
-            if self.placement == "cache" and self.num_samples is None
-            else ("device" if self.placement == "device" else "worker")
-        )
+        if self.placement == "cache" and self.num_samples is None:
+            # The cache holds these very features (checked in tests/test_data.py), before normalization.
+            raw = self.cached[split]
+            for start in range(0, len(raw), self.batch_size):
+                chunk = raw[start : start + self.batch_size]
+                yield torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True), torch.tensor([len(x) for x in chunk])
+            return
+        placement = "device" if self.placement == "device" else "worker"
         dataset = self.dataset(split, placement=placement, augment=False)
-        loader = DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            collate_fn=pad_collate,
-            num_workers=0 if placement == "cache" else self.num_workers,
-        )
+        loader = DataLoader(dataset, batch_size=self.batch_size, collate_fn=pad_collate, num_workers=self.num_workers)
         for batch in loader:
             if placement == "device":
                 yield self.features(batch["inputs"], batch["lengths"]), self.features.num_frames(batch["lengths"])

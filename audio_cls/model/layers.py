@@ -379,9 +379,7 @@ class ConvStack(nn.Module):
 
     def output_lengths(self, lengths):
         """Valid frames after the last block for inputs of `lengths` frames (an int or a tensor (batch,))."""
-        for block in self:
-            lengths = block.output_lengths(lengths)[1]
-        return lengths
+        return (self.block_lengths(lengths) or [lengths])[-1]
 
     def min_input_frames(self) -> int:
         """The fewest input frames that keep at least one frame after every block."""
