@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 import plain_reference
 from audio_cls.module import AudioClassifier
 from audio_cls.train import build_datamodule
-from common import bare_trainer, default_config, machine, print_table
+from common import bare_trainer, default_config, machine, print_table, sync
 
 
 class TestAccuracyClock(L.Callback):
@@ -38,6 +38,7 @@ class TestAccuracyClock(L.Callback):
         self.start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
+        sync()
         elapsed = time.perf_counter() - self.start - self.paused
         pause = time.perf_counter()
         self.history.append((trainer.current_epoch + 1, elapsed, self.test_accuracy(pl_module)))
@@ -49,7 +50,9 @@ class TestAccuracyClock(L.Callback):
         module.eval()
         correct = total = 0
         for batch in self.test_loader:
-            batch = self.datamodule.features_of(batch)  # extracted here with data.placement=device
+            batch = self.datamodule.features_of(
+                {k: v.to(module.device) for k, v in batch.items()}
+            )  # extracted here with data.placement=device
             correct += int((module(batch["inputs"], batch["lengths"]).argmax(-1) == batch["targets"]).sum())
             total += len(batch["targets"])
         module.train(was_training)

@@ -13,7 +13,7 @@ import torch
 from hydra.utils import instantiate
 
 from audio_cls.module import AudioClassifier
-from common import bare_trainer, default_config, machine, print_table
+from common import DEVICE, bare_trainer, default_config, machine, print_table, sync
 
 
 class EpochTimer(L.Callback):
@@ -24,11 +24,12 @@ class EpochTimer(L.Callback):
         self.start = time.perf_counter()
 
     def on_train_epoch_end(self, trainer, pl_module):
+        sync()
         self.times.append(time.perf_counter() - self.start)
 
 
-def build(placement: str, num_workers: int):
-    cfg = default_config(f"data.placement={placement}", f"data.num_workers={num_workers}")
+def build(placement: str, num_workers: int, *overrides: str):
+    cfg = default_config(f"data.placement={placement}", f"data.num_workers={num_workers}", *overrides)
     L.seed_everything(0)
     features = instantiate(cfg.features)
     dm = instantiate(cfg.data, features=features)
@@ -37,18 +38,19 @@ def build(placement: str, num_workers: int):
     return cfg, dm, net
 
 
-def lightning_epochs(placement: str, num_workers: int, epochs: int) -> list[float]:
-    cfg, dm, net = build(placement, num_workers)
+def lightning_epochs(placement: str, num_workers: int, epochs: int, *overrides: str, callbacks=()) -> list[float]:
+    cfg, dm, net = build(placement, num_workers, *overrides)
     module = AudioClassifier(net, dm.features, dm.class_names, optimizer=dict(cfg.optimizer))
     timer = EpochTimer()
-    trainer = bare_trainer(epochs, [timer], limit_val_batches=0, num_sanity_val_steps=0)
+    trainer = bare_trainer(epochs, [timer, *callbacks], limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)  # the datamodule extracts batches' features for placement=device
     return timer.times
 
 
-def plain_epochs(epochs: int, compiled: bool = False) -> list[float]:
+def plain_epochs(epochs: int, compiled: bool = False, *overrides: str) -> list[float]:
     """Epoch times of a plain PyTorch loop on the cached batches; `compiled`: torch.compile the network first."""
-    cfg, dm, net = build("cache", 0)
+    cfg, dm, net = build("cache", 0, *overrides)
+    net.to(DEVICE)
     if compiled:
         net.compile(dynamic=True)  # in place: the state_dict keeps its keys, checkpoints stay loadable
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.optimizer.lr)
@@ -58,10 +60,12 @@ def plain_epochs(epochs: int, compiled: bool = False) -> list[float]:
     for _ in range(epochs):
         start = time.perf_counter()
         for batch in loader:
+            batch = {k: v.to(DEVICE, non_blocking=True) for k, v in batch.items()}
             loss = torch.nn.functional.cross_entropy(net(batch["inputs"], batch["lengths"]), batch["targets"])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+        sync()
         times.append(time.perf_counter() - start)
     return times
 

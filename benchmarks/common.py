@@ -11,6 +11,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 REPO = Path(__file__).resolve().parents[1]
+# Every benchmark runs where `make train` would: the GPU when there is one (both sides of each comparison).
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def default_config(*overrides: str, output_dir: str | None = None):
@@ -30,16 +32,20 @@ def machine() -> str:
     )
 
 
+def sync() -> None:
+    """Wait for the GPU's queued work, so that a host clock read after it is honest."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def timed(fn, repeat: int = 1) -> float:
     """Best wall time of `repeat` calls, in seconds."""
     best = float("inf")
     for _ in range(repeat):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        sync()
         best = min(best, time.perf_counter() - start)
     return best
 
@@ -53,13 +59,13 @@ def print_table(title: str, header: list[str], rows: list[list]) -> str:
 
 
 def bare_trainer(epochs: int, callbacks: list, **settings):
-    """A Lightning Trainer on the CPU without logging, checkpoints or progress bar: what the benchmarks time."""
+    """A Lightning Trainer on DEVICE without logging, checkpoints or progress bar: what the benchmarks time."""
     import lightning as L
 
     off = dict.fromkeys(("logger", "enable_checkpointing", "enable_progress_bar", "enable_model_summary"), False)
     # use_distributed_sampler=False: our samplers shard batches themselves, as conf/trainer/default.yaml says
     return L.Trainer(
-        accelerator="cpu",
+        accelerator=DEVICE.type,
         devices=1,
         max_epochs=epochs,
         callbacks=callbacks,

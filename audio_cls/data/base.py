@@ -616,7 +616,9 @@ class AudioDataModule(L.LightningDataModule):
         log.info("Computing features of the %s split (%d files) for %s", split, len(items), path)
         dataset = self.dataset(split, placement="raw")
         loader = DataLoader(dataset, batch_size=32, num_workers=self.num_workers, collate_fn=list)
-        computed = [it["inputs"] if it is not None else None for batch in loader for it in batch]
+        # clone(): a tensor from a worker keeps a shared-memory file descriptor open while it lives, and a
+        # cache of thousands of recordings would otherwise hold thousands of them (past `ulimit -n`).
+        computed = [it["inputs"].clone() if it is not None else None for batch in loader for it in batch]
         if any(x is None for x in computed):  # files found bad on reading (skip mode): leave them out
             self.splits[split] = [it for it, x in zip(items, computed) if x is not None]
             computed = [x for x in computed if x is not None]
