@@ -59,6 +59,9 @@ def check_config(cfg: DictConfig) -> None:
         node = config.get(group)
         if isinstance(node, dict) and "_target_" in node:
             check_types(node, group)
+    task, loss = config.get("task") or {}, config.get("loss") or {}
+    if task.get("name") == "multilabel" and str(loss.get("_target_", "")).endswith("CrossEntropyLoss"):
+        raise ConfigError("task=multilabel needs a sigmoid loss (loss=bce or loss=focal), not cross entropy")
     for key in POSITIVE + NON_NEGATIVE:
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, (int, float)) and not isinstance(value, bool):

@@ -31,13 +31,17 @@ from audio_cls.train import train
 
 log = logging.getLogger(__name__)
 
-SUMMARIZED = ("test/acc", "test/f1", "test/loss", "val/acc_best")
+SUMMARIZED = {  # per task (cfg.task.name)
+    "multiclass": ("test/acc", "test/f1", "test/loss", "val/acc_best"),
+    "multilabel": ("test/mAP", "test/f1", "test/loss", "val/mAP_best"),
+}
 
 
 def cross_validate(cfg: DictConfig) -> dict:
     check_config(cfg)
     output_dir = Path(cfg.paths.output_dir)
-    datamodule = instantiate(cfg.data, features=instantiate(cfg.features))
+    datamodule = instantiate(cfg.data, features=instantiate(cfg.features), task=cfg.task.name)
+    summarized = SUMMARIZED[cfg.task.name]
     datamodule.prepare_data()
     scheme, plan = datamodule.cv_plan(cfg.cv.folds, cfg.cv.scheme)
     log.info(
@@ -56,22 +60,25 @@ def cross_validate(cfg: DictConfig) -> dict:
                 "fold": fold,
                 "held_out": name,
                 "test_files": num_test,
-                **{k: metrics.get(k, float("nan")) for k in SUMMARIZED},
+                **{k: metrics.get(k, float("nan")) for k in summarized},
             }
         )
 
     summary = {}
-    for key in SUMMARIZED:
+    for key in summarized:
         values = [row[key] for row in rows]
         summary[f"{key}_mean"] = statistics.mean(values)
         summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-    write_tables(output_dir, rows, summary)
-    write_tensorboard(output_dir / "tensorboard", rows, summary, OmegaConf.to_container(cfg, resolve=True))
+    write_tables(output_dir, rows, summary, summarized)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    write_tensorboard(output_dir / "tensorboard", rows, summary, config, summarized)
+    headline = summarized[0]  # test/acc, or test/mAP for multi-label
     log.info(
-        "Cross-validation (%d folds): test/acc %.4f +- %.4f, test/f1 %.4f +- %.4f",
+        "Cross-validation (%d folds): %s %.4f +- %.4f, test/f1 %.4f +- %.4f",
         len(rows),
-        summary["test/acc_mean"],
-        summary["test/acc_std"],
+        headline,
+        summary[f"{headline}_mean"],
+        summary[f"{headline}_std"],
         summary["test/f1_mean"],
         summary["test/f1_std"],
     )
@@ -104,10 +111,10 @@ def run_fold(cfg: DictConfig, fold: int, num_folds: int, scheme: str, fold_dir: 
     return metrics
 
 
-def write_tables(output_dir: Path, rows: list[dict], summary: dict) -> None:
+def write_tables(output_dir: Path, rows: list[dict], summary: dict, summarized: tuple[str, ...]) -> None:
     """cv_results.csv (one row per fold, then mean and std) and cv_results.md."""
-    columns = ["fold", "held_out", "test_files", *SUMMARIZED]
-    stats = [{"fold": stat, **{k: summary[f"{k}_{stat}"] for k in SUMMARIZED}} for stat in ("mean", "std")]
+    columns = ["fold", "held_out", "test_files", *summarized]
+    stats = [{"fold": stat, **{k: summary[f"{k}_{stat}"] for k in summarized}} for stat in ("mean", "std")]
     with (output_dir / "cv_results.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
@@ -123,18 +130,18 @@ def write_tables(output_dir: Path, rows: list[dict], summary: dict) -> None:
         "| **mean ± std** | | "
         + str(sum(r["test_files"] for r in rows))
         + " | "
-        + " | ".join(f"{summary[f'{k}_mean']:.4f} ± {summary[f'{k}_std']:.4f}" for k in SUMMARIZED)
+        + " | ".join(f"{summary[f'{k}_mean']:.4f} ± {summary[f'{k}_std']:.4f}" for k in summarized)
         + " |"
     ]
     (output_dir / "cv_results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def write_tensorboard(log_dir: Path, rows: list[dict], summary: dict, config: dict) -> None:
+def write_tensorboard(log_dir: Path, rows: list[dict], summary: dict, config: dict, summarized: tuple) -> None:
     """Per-fold metrics as `cv/<metric>` curves over the fold index, the table as text, and the
     hyperparameters with the mean metrics (HPARAMS tab). Each fold's own curves are in fold_<k>/."""
     with SummaryWriter(str(log_dir)) as writer:
         for row in rows:
-            for key in SUMMARIZED:
+            for key in summarized:
                 writer.add_scalar(f"cv/{key}", row[key], global_step=row["fold"])
         writer.add_text("cv/results", (log_dir.parent / "cv_results.md").read_text(encoding="utf-8"))
         writer.add_hparams(

@@ -123,7 +123,9 @@ def export_graph(
 ) -> Exported:
     """Export the model (with or without its front end) with one exporter; raises on failure."""
     features = module.features.eval()
-    graph = InferenceGraph(features if frontend_inside else None, exportable_copy(module.net, exporter == "dynamo"))
+    graph = InferenceGraph(
+        features if frontend_inside else None, exportable_copy(module.net, exporter == "dynamo"), module.multilabel
+    )
     waves = torch.randn(2, example_samples) * 0.1
     lengths = torch.tensor([example_samples, max(min_samples, example_samples * 3 // 4)])
     with torch.no_grad():
@@ -222,7 +224,9 @@ def parity(module: AudioClassifier, exported: Exported, batches: dict[str, list]
     """Max abs difference of logits and probabilities between the exported file and the PyTorch model,
     per kind of input ("random", "real"). The reference is the original network (with its nn.MaxPool)
     on the same inputs: waveforms with the front end inside, else features from the PyTorch front end."""
-    reference = InferenceGraph(module.features if exported.frontend_inside else None, module.net).eval()
+    reference = InferenceGraph(
+        module.features if exported.frontend_inside else None, module.net, module.multilabel
+    ).eval()
     result = {}
     for kind, pairs in batches.items():
         diffs = {name: 0.0 for name in OUTPUT_NAMES}
@@ -316,7 +320,7 @@ def sidecar(
         f"{features} front end ({_front_end_parts(classifier.features)})",
         f"normalization: {classifier.features.normalize}",
         f"{net} network",
-        "softmax",
+        "sigmoid per class" if classifier.multilabel else "softmax",
     ]
     if exported.frontend_inside:
         inputs = {
@@ -350,8 +354,11 @@ def sidecar(
         "inputs": inputs,
         "outputs": {
             "logits": "float32 (batch, num_classes)",
-            "probabilities": "float32 (batch, num_classes): softmax of logits",
+            "probabilities": "float32 (batch, num_classes): "
+            + ("sigmoid of logits (multi-label)" if classifier.multilabel else "softmax of logits"),
         },
+        # multi-label: a class is detected when its probability reaches its threshold (tuned on validation)
+        "thresholds": dict(zip(classifier.class_names, classifier.thresholds)) if classifier.multilabel else None,
         "min_length": exported.min_length,
         "min_length_unit": "samples" if exported.frontend_inside else "frames",
         "inside_graph": inside,

@@ -113,6 +113,11 @@ class FeatureExtractor(nn.Module):
     def num_frames(self, num_samples: torch.Tensor | int) -> torch.Tensor | int:
         raise NotImplementedError
 
+    @property
+    def hop_samples(self) -> int:
+        """Samples from one frame's start to the next (frame t starts at t * hop_samples)."""
+        raise NotImplementedError
+
     def compute(self, waveform: torch.Tensor) -> torch.Tensor:
         """(batch, samples) -> (batch, frames, feat), before normalization."""
         raise NotImplementedError
@@ -165,6 +170,10 @@ class _StftFrames(FeatureExtractor):
         # torchaudio pads n_fft // 2 on both sides (center=True): 1 + samples // hop frames.
         return 1 + num_samples // self.hop_length
 
+    @property
+    def hop_samples(self) -> int:
+        return self.hop_length
+
 
 class RawWaveform(FeatureExtractor):
     """The waveform itself, cut into non-overlapping frames of `frame_length` samples.
@@ -179,6 +188,10 @@ class RawWaveform(FeatureExtractor):
 
     def num_frames(self, num_samples):
         return -(-num_samples // self.frame_length)  # ceil division, works for ints and tensors
+
+    @property
+    def hop_samples(self) -> int:
+        return self.frame_length
 
     def compute(self, waveform):
         pad = (-waveform.shape[-1]) % self.frame_length

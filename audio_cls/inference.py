@@ -27,7 +27,8 @@ from audio_cls.checkpoints import load_model
 from audio_cls.data.manifest import parse_segment
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.features import FeatureExtractor
-from audio_cls.module import AudioClassifier
+from audio_cls.model.layers import has_frame_head
+from audio_cls.module import AudioClassifier, frame_hop
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +48,10 @@ class WindowPrediction:
 
 @dataclass
 class Prediction:
-    """The result for one recording. `scores` holds every class's aggregate probability (they sum to 1
-    with aggregate="mean"; with "max" each is that class's highest window probability)."""
+    """The result for one recording. `scores` holds every class's aggregate probability (softmax: they sum to 1
+    with aggregate="mean"; with "max" each is that class's highest window probability). Multi-label models
+    add `detected`, every class whose score reaches its decision threshold, best first, and models with a
+    frame head `events`, (onset s, offset s, label, score) of each detected sound event."""
 
     labels: list[str]  # top-k, best first
     probabilities: list[float]  # their scores
@@ -58,6 +61,8 @@ class Prediction:
     padded: bool  # shorter than one window (or than the network accepts): zero-padded
     notes: list[str] = field(default_factory=list)
     windows: list[WindowPrediction] | None = None
+    detected: list[tuple[str, float]] | None = None  # multi-label: (label, score) at or above its threshold
+    events: list[tuple[float, float, str, float]] | None = None  # sound event detection
 
     @property
     def label(self) -> str:
@@ -80,17 +85,17 @@ def extract(
 class InferenceGraph(nn.Module):
     """The model end to end, as prediction runs it and export writes it: (waveform (batch, samples),
     lengths in samples) with the front end, or (features (batch, frames, feat), frames) without it
-    -> (logits, probabilities)."""
+    -> (logits, probabilities): softmax, or a sigmoid per class for a multi-label model."""
 
-    def __init__(self, features: FeatureExtractor | None, net: nn.Module):
+    def __init__(self, features: FeatureExtractor | None, net: nn.Module, multilabel: bool = False):
         super().__init__()
-        self.features, self.net = features, net
+        self.features, self.net, self.multilabel = features, net, multilabel
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.features is not None:
             inputs, lengths = extract(self.features, inputs, lengths)
         logits = self.net(inputs, lengths)
-        return logits, logits.softmax(dim=-1)
+        return logits, torch.sigmoid(logits) if self.multilabel else logits.softmax(dim=-1)
 
     @property
     def input_names(self) -> tuple[str, str]:
@@ -126,6 +131,9 @@ class Classifier:
         top_k: labels returned per recording.
         batch_size: windows per forward pass.
         device: "cpu", "cuda", "cuda:1", ...; "auto" picks a GPU when there is one.
+        frame_threshold, median_frames, min_duration, min_gap: how frame scores become events (networks with a
+            frame head; `audio_cls.sed.events_from_scores`), always over the whole recording; None: the training
+            run's task.frame_threshold / task.median_frames.
     """
 
     def __init__(
@@ -137,6 +145,10 @@ class Classifier:
         top_k: int = 3,
         batch_size: int = 32,
         device: str = "cpu",
+        frame_threshold: float | None = None,
+        median_frames: int | None = None,
+        min_duration: float = 0.0,
+        min_gap: float = 0.0,
     ):
         config = module.hparams.get("config") or {}
         if not (config.get("data") or {}).get("sample_rate") or module.features is None:
@@ -156,7 +168,14 @@ class Classifier:
             raise ConfigError(f"device={device}: no CUDA GPU here; use device=cpu or auto")
         self.module = module.eval().to(self.device)
         self.features, self.net = self.module.features, self.module.net
-        self.graph = InferenceGraph(self.features, self.net)
+        self.multilabel = bool(getattr(module, "multilabel", False))
+        self.thresholds = module.thresholds.tolist() if self.multilabel else None
+        self.graph = InferenceGraph(self.features, self.net, self.multilabel)
+        self.detects_events = self.multilabel and has_frame_head(self.net)
+        task = config.get("task") or {}  # the training run's settings where not given
+        self.frame_threshold = task.get("frame_threshold", 0.5) if frame_threshold is None else frame_threshold
+        median_frames = task.get("median_frames", 1) if median_frames is None else median_frames
+        self.event_settings = dict(median_frames=median_frames, min_duration=min_duration, min_gap=min_gap)
         self.min_samples = minimum_samples(self.features, self.net)
 
         if aggregate not in AGGREGATES:
@@ -290,7 +309,13 @@ class Classifier:
         probs = torch.cat([self.probabilities(chunk) for chunk in batch.split(self.batch_size)])
         scores = probs.mean(0) if self.aggregate == "mean" else probs.amax(0)
         top = scores.topk(self.top_k)
+        detected = None
+        if self.multilabel:
+            order = scores.argsort(descending=True).tolist()
+            detected = [(self.class_names[i], float(scores[i])) for i in order if scores[i] >= self.thresholds[i]]
         return Prediction(
+            detected=detected,
+            events=self.events(wave) if self.detects_events else None,
             labels=[self.class_names[i] for i in top.indices.tolist()],
             probabilities=top.values.tolist(),
             scores=scores.tolist(),
@@ -305,6 +330,23 @@ class Classifier:
             if windows
             else None,
         )
+
+    @torch.inference_mode()
+    def frame_probabilities(self, wave: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Frame probabilities (frames, classes) of a whole mono waveform (samples,) at the model's rate, and the
+        seconds per frame (networks with a frame head)."""
+        wave = self._pad(wave, self.min_samples).to(self.device, torch.float32)[None]
+        inputs, frames = extract(self.features, wave, torch.tensor([wave.shape[1]], device=self.device))
+        _, frame_logits, frame_lengths = self.net.forward_frames(inputs, frames)
+        hop = frame_hop(self.features.hop_samples / self.sample_rate, inputs.shape[1], frame_logits.shape[1])
+        return torch.sigmoid(frame_logits[0, : int(frame_lengths[0])].float()).cpu(), hop
+
+    def events(self, wave: torch.Tensor) -> list[tuple[float, float, str, float]]:
+        """Sound events (onset s, offset s, label, score) of a whole waveform, at the model's thresholds."""
+        from audio_cls.sed import events_from_scores
+
+        probs, hop = self.frame_probabilities(wave)
+        return events_from_scores(probs.numpy(), hop, self.class_names, self.frame_threshold, **self.event_settings)
 
     def _windows(self, wave: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """(count, window) windows `hop` apart covering the whole recording; the last one is zero-padded."""

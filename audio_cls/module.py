@@ -3,6 +3,12 @@
     batch {"inputs": (B, T, F), "lengths": (B,), "targets": (B,)} -> net -> logits (B, C)
         -> loss, torchmetrics accuracy and macro-F1 per split; softmax probabilities in predict_step.
 
+Multi-label (task=multilabel): targets are multi-hot (B, C), the loss a sigmoid one (BCE, focal), the
+metrics mAP (the headline), AUROC and F1 at decision thresholds that every validation tunes per class
+(maximizing F1) and the checkpoint keeps (`thresholds`). Sound event detection: with strong labels
+(batch["events"]) and a network with a frame head (`has_frame_head`), frame logits are trained on frame
+targets built from the event times as well.
+
 Loss, optimizer and scheduler arrive as Hydra configs (`{"_target_": ...}`) or as callables.
 Configs are stored in the checkpoint as plain data, which keeps checkpoints loadable with
 `torch.load(weights_only=True)`; `audio_cls.checkpoints.load_model` (or `AudioClassifier.from_checkpoint`)
@@ -26,11 +32,18 @@ from torchmetrics.classification import (
     MulticlassF1Score,
     MulticlassPrecision,
     MulticlassRecall,
+    MultilabelAUROC,
+    MultilabelAveragePrecision,
+)
+from torchmetrics.functional.classification import (
+    binary_precision_recall_curve,
+    multilabel_f1_score,
 )
 
 from audio_cls.augment import mixup
 from audio_cls.errors import ConfigError, TrainingDiverged
-from audio_cls.features import FeatureExtractor
+from audio_cls.features import FeatureExtractor, frame_mask
+from audio_cls.model.layers import has_frame_head
 
 Spec = Mapping | Callable
 
@@ -54,6 +67,11 @@ class AudioClassifier(L.LightningModule):
         mixup_alpha: > 0 mixes pairs of training items (Beta(alpha, alpha) weights; `audio_cls.augment.mixup`);
             training accuracy then counts the label with the larger weight.
         config: the run's resolved config (plain dict), saved so a checkpoint alone rebuilds the model.
+        multilabel: multi-hot targets, sigmoid outputs (task=multilabel).
+        thresholds: multi-label decision thresholds: "per_class" (tuned on every validation, maximizing each
+            class's F1), "global" (one, tuned for macro F1) or "fixed" (`threshold` for every class).
+        frame_seconds: seconds per input frame (the extractor's hop), to place event times on frames.
+        frame_loss_weight: weight of the frame-level loss (strong labels) beside the clip-level one.
 
     Training metrics stay off the hot path: loss, accuracy and the padding share of the batches are summed
     on the device as they come and logged once per epoch (train/loss, train/acc, train/padding_share);
@@ -73,16 +91,27 @@ class AudioClassifier(L.LightningModule):
         mixup_alpha: float = 0.0,
         config: dict | None = None,
         nan_check_every_n_steps: int = 50,
+        multilabel: bool = False,
+        thresholds: str = "per_class",
+        threshold: float = 0.5,
+        frame_seconds: float | None = None,
+        frame_loss_weight: float = 1.0,
     ):
         super().__init__()
         if mixup_alpha < 0:
             raise ConfigError(f"augment.mixup_alpha={mixup_alpha}: must be >= 0 (0 switches mixup off)")
+        if thresholds not in THRESHOLD_MODES:
+            raise ConfigError(f"task.thresholds={thresholds!r}: expected one of {', '.join(THRESHOLD_MODES)}")
         self.save_hyperparameters(ignore=["net", "features"], logger=False)
         self.net = net
         # A copy: moving this module to a device must not move the datamodule's CPU extractor.
         self.features = copy.deepcopy(features)
         self.class_names = list(class_names)
         self.criterion = self._build_loss(loss)
+        self.multilabel = multilabel
+        if multilabel:
+            self._init_multilabel(len(class_names), threshold)
+            return
 
         num_classes = len(class_names)
         metrics = MetricCollection(
@@ -108,6 +137,25 @@ class AudioClassifier(L.LightningModule):
         self.test_confusion_matrix: list[list[int]] | None = None
         self.test_per_class: dict[str, dict[str, float]] | None = None
 
+    def _init_multilabel(self, num_classes: int, threshold: float) -> None:
+        metrics = MetricCollection(
+            {
+                "mAP": MultilabelAveragePrecision(num_classes, average="macro"),
+                "auroc": MultilabelAUROC(num_classes, average="macro"),
+            }
+        )
+        self.train_sums = None
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+        self.val_map_best = MaxMetric()
+        self.val_map_best.persistent(True)
+        self.test_ap = MultilabelAveragePrecision(num_classes, average=None)
+        # Decision thresholds, tuned on validation and saved with the weights (eval, predict and export use them).
+        self.register_buffer("thresholds", torch.full((num_classes,), float(threshold)))
+        self._scores: list[tuple[torch.Tensor, torch.Tensor]] = []  # this validation's / test's (probs, targets)
+        self.test_confusion_matrix = None
+        self.test_per_class = None
+
     @staticmethod
     def _build_loss(loss: Spec | None) -> nn.Module:
         if loss is None:
@@ -115,8 +163,11 @@ class AudioClassifier(L.LightningModule):
         if callable(loss):
             return loss()
         loss = dict(loss)
-        weight = loss.pop("weight", None)
-        kwargs = {"weight": torch.tensor(weight, dtype=torch.float32)} if weight is not None else {}
+        kwargs = {}
+        for key in ("weight", "pos_weight"):  # lists in the config, tensors for the loss
+            value = loss.pop(key, None)
+            if value is not None:
+                kwargs[key] = torch.tensor(value, dtype=torch.float32)
         return instantiate(loss, **kwargs)
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -127,7 +178,10 @@ class AudioClassifier(L.LightningModule):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Logits, loss and the targets metrics count. `mix` = (partner index, weight) of a mixup batch: the
         loss is weight * loss(targets) + (1 - weight) * loss(partners' targets), and metrics count the
-        label with the larger weight."""
+        label with the larger weight. Multi-label: the label vectors are mixed the same way (one loss on
+        the soft targets); with strong labels and a frame head, a frame-level loss is added."""
+        if self.multilabel:
+            return self._multilabel_logits_and_loss(batch, mix)
         logits = self(batch["inputs"], batch["lengths"])
         targets = batch["targets"]
         loss = self.criterion(logits, targets)
@@ -137,9 +191,35 @@ class AudioClassifier(L.LightningModule):
             targets = targets if lam >= 0.5 else targets[perm]
         return logits, loss, targets
 
+    def _multilabel_logits_and_loss(self, batch: dict, mix) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        targets = batch["targets"].float()
+        strong = "events" in batch and has_frame_head(self.net)
+        if strong:
+            logits, frame_logits, frame_lengths = self.net.forward_frames(batch["inputs"], batch["lengths"])
+            seconds = frame_hop(self.hparams.frame_seconds, batch["inputs"].shape[1], frame_logits.shape[1])
+            frame_targets = frame_targets_from_events(batch["events"], frame_logits.shape[1], seconds, targets.shape[1])
+        else:
+            logits = self(batch["inputs"], batch["lengths"])
+        if mix is not None:
+            perm, lam = mix
+            targets = lam * targets + (1 - lam) * targets[perm]
+            if strong:
+                frame_targets = lam * frame_targets + (1 - lam) * frame_targets[perm]
+        loss = self.criterion(logits, targets)
+        if strong:
+            mask = frame_mask(frame_lengths.to(frame_logits.device), frame_logits.shape[1])
+            frame_loss = nn.functional.binary_cross_entropy_with_logits(
+                frame_logits[mask], frame_targets[mask].to(frame_logits.dtype)
+            )
+            loss = loss + self.hparams.frame_loss_weight * frame_loss
+        return logits, loss, targets
+
     def _shared_step(self, batch: dict, metrics: MetricCollection, split: str) -> torch.Tensor:
         """Loss, metrics and logging of a validation or test batch; returns the logits."""
         logits, loss, targets = self._logits_and_loss(batch)
+        if self.multilabel:
+            targets = targets.long()
+            self._scores.append((torch.sigmoid(logits.detach().float()), targets))
         metrics.update(logits, targets)
         batch_size = targets.shape[0]
         self.log(
@@ -162,10 +242,14 @@ class AudioClassifier(L.LightningModule):
         logits, loss, targets = self._logits_and_loss(batch, mix)
         with torch.no_grad():
             lengths, items = batch["lengths"], targets.shape[0]
+            if self.multilabel:  # the share of right yes/no answers at 0.5, summed over items
+                right = ((logits > 0) == (targets >= 0.5)).float().mean(-1).sum()
+            else:
+                right = (logits.argmax(-1) == targets).sum().float()
             step = torch.stack(
                 [
                     loss.detach().float() * items,
-                    (logits.argmax(-1) == targets).sum().float(),
+                    right,
                     lengths.new_tensor(items).float(),
                     lengths.sum().float(),
                     lengths.new_tensor(items * batch["inputs"].shape[1]).float(),
@@ -203,26 +287,60 @@ class AudioClassifier(L.LightningModule):
         self._check_epoch_finite()
         loss_sum, correct, items, valid, frames = self.train_sums
         self.train_sums = None
+        accuracy = "train/label_acc" if self.multilabel else "train/acc"
         self.log_dict(
-            {"train/loss": loss_sum / items, "train/acc": correct / items, "train/padding_share": 1 - valid / frames},
+            {"train/loss": loss_sum / items, accuracy: correct / items, "train/padding_share": 1 - valid / frames},
             sync_dist=True,
         )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._shared_step(batch, self.val_metrics, "val")
 
+    def on_validation_epoch_start(self) -> None:
+        if self.multilabel:
+            self._scores = []
+
+    def on_test_epoch_start(self) -> None:
+        if self.multilabel:
+            self._scores = []
+
     def on_validation_epoch_end(self) -> None:
+        if self.multilabel:
+            probs, targets = self._gathered_scores()
+            if not self.trainer.sanity_checking:
+                tuned = tune_thresholds(probs, targets, self.hparams.thresholds, self.hparams.threshold)
+                self.thresholds.copy_(tuned.to(self.thresholds.device))
+            self.log_dict(f1_scores(probs, targets, self.thresholds, "val/"), sync_dist=False)
+            if not self.trainer.sanity_checking:
+                self.val_map_best.update(self.val_metrics["mAP"].compute())
+                self.log("val/mAP_best", self.val_map_best.compute(), prog_bar=True, sync_dist=True)
+            return
         if self.trainer.sanity_checking:
             return  # the sanity check's accuracy is no result
         self.val_acc_best.update(self.val_metrics["acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
+    def _gathered_scores(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """This validation's or test's (probabilities, targets) (N, C) from every process."""
+        probs = torch.cat([p for p, _ in self._scores]) if self._scores else self.thresholds.new_zeros(0, 0)
+        targets = torch.cat([t for _, t in self._scores]) if self._scores else probs.long()
+        self._scores = []
+        if self.trainer.world_size > 1:
+            probs, targets = (self.all_gather(x).flatten(0, 1) for x in (probs, targets))
+        return probs, targets
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
         logits = self._shared_step(batch, self.test_metrics, "test")
+        if self.multilabel:
+            self.test_ap.update(logits, batch["targets"].long())
+            return
         self.test_confusion.update(logits, batch["targets"])
         self.test_per_class_metrics.update(logits, batch["targets"])
 
     def on_test_epoch_end(self) -> None:
+        if self.multilabel:
+            self._multilabel_test_end()
+            return
         matrix = self.test_confusion.compute()
         self.test_confusion_matrix = matrix.cpu().tolist()
         per_class = {name: values.cpu().tolist() for name, values in self.test_per_class_metrics.compute().items()}
@@ -239,8 +357,34 @@ class AudioClassifier(L.LightningModule):
         self.test_confusion.reset()
         self.test_per_class_metrics.reset()
 
+    def _multilabel_test_end(self) -> None:
+        probs, targets = self._gathered_scores()
+        self.log_dict(f1_scores(probs, targets, self.thresholds, "test/"), sync_dist=False)
+        ap = self.test_ap.compute().cpu().tolist()
+        self.test_ap.reset()
+        f1 = multilabel_f1_score(
+            (probs >= self.thresholds).int(), targets, len(self.class_names), threshold=0.5, average=None
+        ).cpu()
+        support = targets.sum(0).cpu().tolist() if len(targets) else [0] * len(self.class_names)
+        self.test_per_class = {
+            label: {"ap": ap[i], "f1": float(f1[i]), "threshold": float(self.thresholds[i]), "support": support[i]}
+            for i, label in enumerate(self.class_names)
+        }
+        for logger in self.loggers:
+            if hasattr(logger.experiment, "add_figure") and len(targets):  # TensorBoard
+                logger.experiment.add_figure(
+                    "test/precision_recall", precision_recall_figure(probs, targets, self.class_names), self.global_step
+                )
+                logger.experiment.add_text("test/per_class", self.per_class_table(), global_step=self.global_step)
+
     def per_class_table(self) -> str:
-        """The last test's per-class precision, recall, F1 and support as a Markdown table."""
+        """The last test's per-class metrics as a Markdown table."""
+        if self.multilabel:
+            rows = [
+                f"| {label} | {m['ap']:.3f} | {m['f1']:.3f} | {m['threshold']:.3f} | {m['support']} |"
+                for label, m in (self.test_per_class or {}).items()
+            ]
+            return "\n".join(["| class | AP | F1 | threshold | support |", "|---|---|---|---|---|", *rows])
         rows = [
             f"| {label} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
             for label, m in (self.test_per_class or {}).items()
@@ -248,8 +392,9 @@ class AudioClassifier(L.LightningModule):
         return "\n".join(["| class | precision | recall | F1 | support |", "|---|---|---|---|---|", *rows])
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        """Softmax probabilities (B, num_classes)."""
-        return self(batch["inputs"], batch["lengths"]).softmax(dim=-1)
+        """Probabilities (B, num_classes): softmax, or sigmoid for multi-label."""
+        logits = self(batch["inputs"], batch["lengths"])
+        return torch.sigmoid(logits) if self.multilabel else logits.softmax(dim=-1)
 
     def configure_optimizers(self) -> Any:
         optimizer = build(self.hparams.optimizer or {"_target_": "torch.optim.Adam"}, params=self.parameters())
@@ -272,3 +417,93 @@ class AudioClassifier(L.LightningModule):
 
         trusted = TRUSTED_MODULES if trusted_modules is None else trusted_modules
         return load_model(path, map_location, trusted, module_class=cls)
+
+
+THRESHOLD_MODES = ("per_class", "global", "fixed")
+
+
+def tune_thresholds(probs: torch.Tensor, targets: torch.Tensor, mode: str, default: float = 0.5) -> torch.Tensor:
+    """Decision thresholds (C,) for probabilities `probs` (N, C) and 0/1 `targets` (N, C).
+
+    per_class: each class's threshold maximizes its F1 on these scores (a class without positives keeps
+    `default`); global: one threshold for all, maximizing macro F1 over 0.01..0.99; fixed: `default`."""
+    num_classes = targets.shape[1] if targets.dim() == 2 else 0
+    out = torch.full((num_classes,), float(default))
+    if mode == "fixed" or len(targets) == 0:
+        return out
+    if mode == "global":
+        grid = torch.linspace(0.01, 0.99, 99)
+        scores = [
+            multilabel_f1_score((probs >= t).int(), targets, num_classes, threshold=0.5, average="macro") for t in grid
+        ]
+        return out.fill_(float(grid[int(torch.stack(scores).argmax())]))
+    for c in range(num_classes):
+        if targets[:, c].sum() == 0:
+            continue  # no positives to tune on (and recall is undefined)
+        precision, recall, thresholds = binary_precision_recall_curve(probs[:, c], targets[:, c])
+        p, r = precision[:-1], recall[:-1]  # the curve's last point (recall 0) has no threshold
+        f1 = 2 * p * r / (p + r).clamp(min=1e-12)
+        out[c] = float(thresholds[int(f1.argmax())])
+    return out
+
+
+def f1_scores(probs: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tensor, prefix: str) -> dict:
+    """Macro (`f1`) and micro (`f1_micro`) F1 of multi-label predictions at `thresholds` (C,)."""
+    if len(targets) == 0:
+        return {}
+    preds = (probs >= thresholds.to(probs.device)).int()
+    num_classes = targets.shape[1]
+    return {
+        f"{prefix}f1": multilabel_f1_score(preds, targets, num_classes, threshold=0.5, average="macro"),
+        f"{prefix}f1_micro": multilabel_f1_score(preds, targets, num_classes, threshold=0.5, average="micro"),
+    }
+
+
+def frame_hop(input_seconds: float, input_frames: int, output_frames: int) -> float:
+    """Seconds per output frame of a frame head whose network pools time by a whole factor (ConvStack's
+    max-pooling drops a last partial frame, hence the rounding)."""
+    return input_seconds * max(1, round(input_frames / max(output_frames, 1)))
+
+
+def frame_targets_from_events(
+    events: torch.Tensor, num_frames: int, frame_seconds: float, num_classes: int
+) -> torch.Tensor:
+    """Frame targets (B, num_frames, C) from strong labels `events` (B, E, 3) (onset s, offset s, class index;
+    class -1 pads): a class is on in a frame whose centre lies within one of its events."""
+    centres = (torch.arange(num_frames, device=events.device) + 0.5) * frame_seconds  # (T,)
+    onset, offset, cls = events[..., 0:1], events[..., 1:2], events[..., 2].long()  # (B, E, 1) x2, (B, E)
+    active = ((centres >= onset) & (centres < offset) & (cls >= 0).unsqueeze(-1)).float()  # (B, E, T)
+    one_hot = nn.functional.one_hot(cls.clamp(min=0), num_classes).float()  # (B, E, C)
+    return torch.einsum("bet,bec->btc", active, one_hot).clamp(max=1.0)
+
+
+def precision_recall_figure(probs: torch.Tensor, targets: torch.Tensor, class_names: list[str]):
+    """A matplotlib figure: each class's precision-recall curve on these scores (AP in the legend)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for c, name in enumerate(class_names):
+        if targets[:, c].sum() > 0:  # a curve needs positives
+            precision, recall, _ = binary_precision_recall_curve(probs[:, c], targets[:, c])
+            ax.plot(recall.cpu(), precision.cpu(), label=name, linewidth=1)
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="Precision-recall per class")
+    ax.legend(fontsize=6, ncol=2, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+class FocalLoss(nn.Module):
+    """Sigmoid focal loss for multi-label targets (torchvision.ops.sigmoid_focal_loss), averaged:
+    logits (B, C), targets (B, C) in [0, 1] -> scalar."""
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0):
+        super().__init__()
+        self.alpha, self.gamma = alpha, gamma
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        from torchvision.ops import sigmoid_focal_loss
+
+        return sigmoid_focal_loss(logits, targets.to(logits.dtype), self.alpha, self.gamma, reduction="mean")

@@ -8,6 +8,10 @@
                       padded, notes (e.g. resampled), and the error for files that could not be read
     predictions.json  the same with every class's probability and the settings used
     windows.csv       with save_windows=true: every window's start, end and class probabilities
+    events.csv        models with a frame head (sound event detection): file, onset, offset, label, score
+
+A multi-label model adds a `detected` column: every label whose score reaches its decision threshold (tuned
+on validation, saved in the checkpoint), with its score, best first.
 
 and prints a short table. In a folder or manifest run an unreadable file is listed with its error and
 the others are still predicted; the exit status is then 2 (0 when every file was predicted, 1 when the
@@ -35,7 +39,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["Classifier", "Prediction", "predict", "collect_sources"]
 
-OUTPUTS = ("predictions.csv", "predictions.json", "windows.csv")
+OUTPUTS = ("predictions.csv", "predictions.json", "windows.csv", "events.csv")
 TABLE_ROWS = 20  # rows printed; the files hold all of them
 
 
@@ -49,6 +53,11 @@ def predict(cfg: DictConfig) -> dict:
         aggregate=cfg.aggregate,
         top_k=cfg.top_k,
         batch_size=cfg.batch_size,
+        # sound event detection (conf/predict.yaml); a config composed before these keys existed lacks them
+        frame_threshold=cfg.get("frame_threshold"),
+        median_frames=cfg.get("median_frames"),
+        min_duration=cfg.get("min_duration", 0.0),
+        min_gap=cfg.get("min_gap", 0.0),
     )
     sources = collect_sources(str(cfg.input))
     spec = Path(str(cfg.input)).expanduser()
@@ -75,7 +84,7 @@ def predict(cfg: DictConfig) -> dict:
     failed = sum(1 for _, pred, _ in results if pred is None)
     summary = {"files": len(results), "predicted_files": len(results) - failed, "failed_files": failed}
     labelled = [(s, p) for s, p, _ in results if p is not None and s.label is not None]
-    if labelled:
+    if labelled and not classifier.multilabel:
         summary["accuracy"] = sum(s.label == p.label for s, p in labelled) / len(labelled)
     print(table(results, spec, summary, output_dir))
     return {**summary, **written, "ckpt_path": str(cfg.ckpt_path)}
@@ -100,6 +109,7 @@ def write_outputs(output_dir: Path, classifier: Classifier, results: list, cfg: 
         *(["start_s", "end_s"] if segments else []),
         *(["true_label"] if labelled else []),
         "status",
+        *(["detected"] if classifier.multilabel else []),
         *[f"{name}_{i}" for i in range(1, k + 1) for name in ("label", "probability")],
         "duration_s",
         "windows",
@@ -118,6 +128,10 @@ def write_outputs(output_dir: Path, classifier: Classifier, results: list, cfg: 
                 *([source.label or ""] if labelled else []),
                 "ok" if pred else "error",
             ]
+            if pred and classifier.multilabel:
+                row.append(";".join(f"{label}:{score:.4f}" for label, score in pred.detected))
+            elif classifier.multilabel:
+                row.append("")
             if pred:
                 for label, prob in zip(pred.labels, pred.probabilities):
                     row += [label, f"{prob:.6f}"]
@@ -138,6 +152,7 @@ def write_outputs(output_dir: Path, classifier: Classifier, results: list, cfg: 
             "hop_s": classifier.hop_s,
             "aggregate": classifier.aggregate,
             "top_k": k,
+            "thresholds": dict(zip(classifier.class_names, classifier.thresholds)) if classifier.multilabel else None,
             "files": files,
         },
     )
@@ -164,6 +179,17 @@ def write_outputs(output_dir: Path, classifier: Classifier, results: list, cfg: 
         written["windows_csv"] = str(output_dir / "windows.csv")
     else:
         (output_dir / "windows.csv").unlink(missing_ok=True)  # an earlier run's (overwrite=true)
+    if classifier.detects_events:
+        with (output_dir / "events.csv").open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "onset", "offset", "label", "score"])
+            for source, pred, _ in results:
+                for onset, offset, label, score in pred.events if pred else []:
+                    # times from the file's start (a manifest segment's from the segment's start)
+                    writer.writerow([str(source.path), f"{onset:.3f}", f"{offset:.3f}", label, f"{score:.4f}"])
+        written["events_csv"] = str(output_dir / "events.csv")
+    else:
+        (output_dir / "events.csv").unlink(missing_ok=True)
     return written
 
 
@@ -186,6 +212,10 @@ def _json_entry(source: Source, pred: Prediction | None, error: str | None, clas
         padded=pred.padded,
         notes=pred.notes,
     )
+    if pred.detected is not None:
+        entry["detected"] = [{"label": label, "score": score} for label, score in pred.detected]
+    if pred.events is not None:
+        entry["events"] = [dict(zip(("onset", "offset", "label", "score"), e)) for e in pred.events]
     if pred.windows is not None:
         entry["window_predictions"] = [asdict(w) for w in pred.windows]
     return entry

@@ -23,11 +23,25 @@ from typing import Any
 
 import yaml
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 log = logging.getLogger(__name__)
 
-METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/f1", "test/loss")
+# Columns shown when some job has them: single-label, then multi-label and sound event detection metrics.
+METRICS = (
+    "val/acc_best",
+    "val/acc",
+    "val/mAP_best",
+    "val/mAP",
+    "val/loss",
+    "test/acc",
+    "test/mAP",
+    "test/f1",
+    "test/segment_f1",
+    "test/event_f1",
+    "test/loss",
+)
 SEED_KEYS = ("seed",)
 
 
@@ -48,10 +62,20 @@ def read_job(job_dir: Path) -> dict[str, Any]:
         "dir": str(job_dir),
         "overrides": parsed,
         "override_list": overrides,
-        "optimized_metric": config.get("optimized_metric", "val/acc_best"),
+        "optimized_metric": optimized_metric(config),
         "direction": config.get("optimized_direction", "maximize"),
         **result,
     }
+
+
+def optimized_metric(config: dict) -> str:
+    """The job's optimized_metric, resolved: Hydra saves the config unresolved, and the default is
+    `${task.monitor}_best` (val/acc_best, or val/mAP_best for multi-label)."""
+    try:
+        value = OmegaConf.select(OmegaConf.create(config), "optimized_metric", default="val/acc_best")
+    except OmegaConfBaseException:
+        value = None
+    return str(value) if value else "val/acc_best"
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
@@ -121,7 +145,7 @@ def write_report(sweep_dir: str | Path, metric: str | None = None, direction: st
     direction = direction or jobs[0]["direction"]
     keys = swept_keys(jobs)
     jobs = sort_jobs(jobs, metric, direction)
-    metric_columns = list(dict.fromkeys((metric, *METRICS)))
+    metric_columns = list(dict.fromkeys((metric, *(m for m in METRICS if any(m in job for job in jobs)))))
 
     with (sweep_dir / "report.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)

@@ -78,7 +78,8 @@ def log_hparams(loggers: list, config: dict, metrics: dict[str, float]) -> None:
     hp_metrics = {
         f"hp/{k.replace('/', '_')}": v
         for k, v in metrics.items()
-        if k in ("val/acc_best", "val/acc", "test/acc", "test/f1", "test/loss") and math.isfinite(v)
+        if k in ("val/acc_best", "val/acc", "val/mAP_best", "test/acc", "test/mAP", "test/f1", "test/loss")
+        and math.isfinite(v)
     }
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):

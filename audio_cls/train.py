@@ -20,8 +20,10 @@ from omegaconf import DictConfig, OmegaConf
 from audio_cls import CONF_DIR
 from audio_cls.config_checks import check_config
 from audio_cls.errors import ConfigError
+from audio_cls.model.layers import has_frame_head
 from audio_cls.module import AudioClassifier
 from audio_cls.runs import instantiate_group, log_hparams, run_task, scalar_metrics
+from audio_cls.sed import evaluate_detection
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ def train(cfg: DictConfig) -> dict:
         loss=loss_config(config["loss"], datamodule),
         mixup_alpha=cfg.augment.mixup_alpha,
         config=config,
+        **task_settings(config["task"], datamodule, net),
     )
     log.info("Network %s: %.2fM parameters", type(net).__name__, sum(p.numel() for p in net.parameters()) / 1e6)
 
@@ -62,12 +65,24 @@ def train(cfg: DictConfig) -> dict:
     metrics["epochs"] = trainer.current_epoch
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    events_per_class = None
     if cfg.test:
         if not best:
             log.warning("No best checkpoint (checkpointing off or fast_dev_run): testing the last weights")
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(scalar_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
         log.info("Test results per class:\n%s", module.per_class_table())
+        if module.multilabel and datamodule.has_events and has_frame_head(net) and trainer.is_global_zero:
+            detection = evaluate_detection(module, datamodule, "test", cfg.task.frame_threshold, cfg.task.median_frames)
+            metrics.update({f"test/{k}": v for k, v in detection.items() if k != "per_class"})
+            events_per_class = detection["per_class"]
+            log.info(
+                "Sound event detection (test): segment F1 %.4f (1 s segments), event F1 %.4f (200 ms collar), "
+                "PSDS1 %.4f",
+                detection["segment_f1"],
+                detection["event_f1"],
+                detection["psds1"],
+            )
     if trainer.is_global_zero:
         log_hparams(trainer.loggers, config, metrics)
         log.info("Metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -80,6 +95,7 @@ def train(cfg: DictConfig) -> dict:
         "class_names": module.class_names,
         "test/per_class": module.test_per_class,
         "test/confusion_matrix": module.test_confusion_matrix,
+        **({"test/events_per_class": events_per_class} if events_per_class else {}),
     }
 
 
@@ -90,7 +106,30 @@ def build_datamodule(cfg: DictConfig):
         features=instantiate(cfg.features),
         waveform_augment=instantiate(cfg.augment.waveform),
         spec_augment=instantiate(cfg.augment.spec_augment),
+        task=cfg.task.name,
     )
+
+
+def task_settings(task: dict, datamodule, net: torch.nn.Module) -> dict:
+    """AudioClassifier's task arguments; says in the log what multi-label training will use."""
+    if task["name"] != "multilabel":
+        return {}
+    strong = datamodule.has_events and has_frame_head(net)
+    if datamodule.has_events and not strong:
+        log.info("The data has event times (strong labels), but the network has no frame head: clip labels only")
+    log.info(
+        "Multi-label: %d classes, sigmoid outputs, %s thresholds%s",
+        datamodule.num_classes,
+        task["thresholds"],
+        ", frame-level loss on the event times (sound event detection)" if strong else "",
+    )
+    return {
+        "multilabel": True,
+        "thresholds": task["thresholds"],
+        "threshold": task["threshold"],
+        "frame_seconds": datamodule.features.hop_samples / datamodule.sample_rate,
+        "frame_loss_weight": task["frame_loss_weight"],
+    }
 
 
 def check_shortest_input(net: torch.nn.Module, datamodule) -> None:
@@ -107,7 +146,13 @@ def check_shortest_input(net: torch.nn.Module, datamodule) -> None:
 
 
 def loss_config(loss: dict, datamodule) -> dict:
-    """`loss.weight=balanced` -> per-class weights inversely proportional to training counts."""
+    """`loss.weight=balanced` -> per-class weights inversely proportional to training counts;
+    `loss.pos_weight=balanced` (multi-label) -> each class's negatives / positives in training."""
+    if loss.get("pos_weight") == "balanced":
+        counts, total = datamodule.class_counts(), len(datamodule.splits["train"])
+        return {**loss, "pos_weight": [(total - c) / max(c, 1) for c in counts]}
+    if isinstance(loss.get("pos_weight"), str):
+        raise ConfigError(f"loss.pos_weight={loss['pos_weight']!r}: expected null, 'balanced' or a list of floats")
     if loss.get("weight") == "balanced":
         counts = datamodule.class_counts()
         loss = {**loss, "weight": [sum(counts) / (len(counts) * c) for c in counts]}

@@ -1,5 +1,6 @@
 """Plain helpers shared by the tests (the fixtures are in conftest.py): `from helpers import ...`."""
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,27 @@ def write_tone_dataset(
         )
         files.append((path, label, speakers[0]))
     return files
+
+
+def write_fsd50k(root: Path, per_split: int = 6) -> Path:
+    """An FSD50K layout (ground truth, vocabulary, dev and eval audio) of tones labelled with 1-2 of three
+    classes; every class occurs in every split."""
+    truth = root / "FSD50K.ground_truth"
+    truth.mkdir(parents=True)
+    classes = ["Bark", "Meow", "Speech"]
+    (truth / "vocabulary.csv").write_text("".join(f"{i},{c},/m/0{i}\n" for i, c in enumerate(classes)))
+    rows = {"dev": [], "eval": []}
+    n = 0
+    for part, splits in (("dev", ("train", "val")), ("eval", (None,))):
+        (root / f"FSD50K.{part}_audio").mkdir()
+        for split in splits:
+            for i in range(per_split):
+                labels = [classes[i % 3]] + ([classes[(i + 1) % 3]] if i % 2 else [])
+                write_tone(root / f"FSD50K.{part}_audio" / f"{n}.wav", 0.5, 16000, 300.0 + 200 * (i % 3))
+                rows[part].append([str(n), ",".join(labels), "/m/x", *([split] if split else [])])
+                n += 1
+    for part, header in (("dev", "fname,labels,mids,split"), ("eval", "fname,labels,mids")):
+        with (truth / f"{part}.csv").open("w", newline="") as f:
+            f.write(header + "\n")
+            csv.writer(f).writerows(rows[part])
+    return root

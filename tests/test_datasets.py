@@ -25,7 +25,7 @@ from audio_cls.data.speech_commands import SpeechCommands, which_set
 from audio_cls.data.splits import assign_splits, cv_split, duplicates_across_splits, shared_groups, unit_hash
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.features import LogMel, RawWaveform
-from helpers import TONE_CLASSES, run_entry, write_tone, write_tone_dataset
+from helpers import TONE_CLASSES, run_entry, write_fsd50k, write_tone, write_tone_dataset
 
 SPEAKER = r"^(?P<group>[^_]+)_"
 
@@ -666,12 +666,12 @@ def test_balanced_sampling_draws_classes_equally(tmp_path):
 
 
 # --- every data and augment config, as composed from the command line ---------------------------
-@pytest.mark.parametrize("option", ["fsdd", "folder", "manifest", "esc50", "speech_commands"])
+@pytest.mark.parametrize("option", ["fsdd", "folder", "manifest", "esc50", "speech_commands", "fsdd_mix", "fsd50k"])
 def test_each_data_config_composes_checks_and_builds(option, tmp_path, fsdd_slice):
     from audio_cls.config_checks import check_config
     from test_configs import compose_train, options
 
-    assert set(options("data")) == {"fsdd", "folder", "manifest", "esc50", "speech_commands"}
+    assert set(options("data")) == {"fsdd", "folder", "manifest", "esc50", "speech_commands", "fsdd_mix", "fsd50k"}
     root = {
         "fsdd": lambda: fsdd_slice,
         "folder": lambda: (write_tone_dataset(tmp_path), tmp_path)[1],
@@ -680,8 +680,15 @@ def test_each_data_config_composes_checks_and_builds(option, tmp_path, fsdd_slic
         "manifest": lambda: write_manifest(
             tmp_path, [f"{p.relative_to(tmp_path)},{label},,{spk},," for p, label, spk in write_tone_dataset(tmp_path)]
         ),
+        "fsdd_mix": lambda: tmp_path / "mix",
+        "fsd50k": lambda: write_fsd50k(tmp_path),
     }[option]()
-    cfg = compose_train([f"data={option}", f"data.root={root}", "data.num_workers=0", "augment=speech"], tmp_path)
+    overrides = [f"data={option}", f"data.root={root}", "data.num_workers=0", "augment=speech"]
+    if option == "fsdd_mix":  # multi-label with event times: no time shift (it would move the audio off them)
+        overrides += ["task=multilabel", "augment.waveform.shift=0", "data.clips={train: 60, val: 4, test: 4}"]
+    if option == "fsd50k":
+        overrides += ["task=multilabel"]
+    cfg = compose_train(overrides, tmp_path)
     check_config(cfg)
     dm = instantiate_data(cfg)
     dm.prepare_data()

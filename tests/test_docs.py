@@ -232,12 +232,12 @@ def plan(doc: Path) -> list[dict]:
 
 
 def prepare(scratch: Path) -> list[dict]:
-    """The reader's files in `scratch`, and the steps that make the rest: a small FSDD in data/fsdd (3 speakers
+    """The reader's files in `scratch`, and the steps that make the rest: a small FSDD in data/fsdd (4 speakers
     instead of 6; the commands use data/ relative to where they run), a folder dataset, recordings to label,
     and a short training run with its checkpoint (a whole-file CNN1d, as `make train` makes)."""
     recordings = scratch / "data" / "fsdd" / "recordings"
     recordings.mkdir(parents=True)
-    for speaker in ("george", "jackson", "theo"):
+    for speaker in ("george", "jackson", "theo", "yweweler"):  # FSDD-Mix draws on each of its three splits
         for digit in range(10):
             for index in range(8):
                 file = f"{digit}_{speaker}_{index}.wav"

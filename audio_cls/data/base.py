@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audio_cls.audio import audio_info, load_audio
-from audio_cls.augment import SpecAugment, WaveformAugment
+from audio_cls.augment import RandomShift, SpecAugment, WaveformAugment
 from audio_cls.data.splits import (
     SPLITS,
     assign_splits,
@@ -51,6 +51,9 @@ class Item:
 
     What a dataset knows beyond path and label: `group` is the speaker or source (kept within one
     split); `split` a split the data defines (train/val/test); `fold` a cross-validation fold it defines.
+    Multi-label data (task=multilabel) gives `labels`, the set of classes heard (possibly empty), with
+    `label` their `;`-joined names (what splits and splits.csv go by); sound event detection data also
+    gives `events`, (onset s, offset s, label) of each sound event (strong labels).
     """
 
     path: str
@@ -60,6 +63,15 @@ class Item:
     end: float | None = None
     split: str | None = None
     fold: int | None = None
+    labels: tuple[str, ...] | None = None
+    events: tuple[tuple[float, float, str], ...] | None = None
+
+
+def multilabel_item(path: str, labels, events=None, **fields) -> Item:
+    """An Item of multi-label data: `labels` (any iterable of names, or None to take them from `events`)."""
+    events = tuple(sorted((float(on), float(off), str(lab)) for on, off, lab in events)) if events is not None else None
+    names = tuple(sorted(set(labels if labels is not None else (lab for _, _, lab in events or ()))))
+    return Item(path, ";".join(names), labels=names, events=events, **fields)
 
 
 class AudioDataset(Dataset):
@@ -86,9 +98,11 @@ class AudioDataset(Dataset):
         features: FeatureExtractor,
         num_samples: int | None = None,
         random_crop: bool = False,
+        multilabel: bool = False,
     ):
         self.items = items
         self.class_to_index = class_to_index
+        self.multilabel = multilabel
         self.sample_rate = sample_rate
         self.features = features
         self.num_samples = num_samples
@@ -109,11 +123,19 @@ class AudioDataset(Dataset):
 
     def _item(self, index: int) -> dict | None:
         inputs = self.inputs(index)
-        return (
-            None
-            if inputs is None
-            else {"inputs": inputs, "target": self.class_to_index.get(self.items[index].label, -1)}
-        )
+        if inputs is None:
+            return None
+        item = self.items[index]
+        if not self.multilabel:
+            return {"inputs": inputs, "target": self.class_to_index.get(item.label, -1)}
+        target = torch.zeros(len(self.class_to_index))  # multi-hot
+        target[[self.class_to_index[name] for name in labels_of(item)]] = 1.0
+        out = {"inputs": inputs, "target": target}
+        if item.events is not None:  # (events, 3): onset s, offset s, class index
+            out["events"] = torch.tensor(
+                [(on, off, self.class_to_index[lab]) for on, off, lab in item.events], dtype=torch.float32
+            ).reshape(-1, 3)
+        return out
 
     def inputs(self, index: int) -> torch.Tensor | None:
         """What the batch holds for item `index`; None for a file found unreadable (pad_collate drops it)."""
@@ -208,6 +230,11 @@ class CachedFeatureDataset(AudioDataset):
         return (self.spec_augment(x) if self.spec_augment is not None else x)[0]
 
 
+def labels_of(item: Item) -> tuple[str, ...]:
+    """The classes heard in an item: its label set (multi-label data), else its one label."""
+    return item.labels if item.labels is not None else (item.label,)
+
+
 def crop_or_pad(x: torch.Tensor, length: int, random_crop: bool) -> torch.Tensor:
     """Crop or zero-pad the first axis of `x` ((samples,) or (frames, feat)) to `length`."""
     excess = x.shape[0] - length
@@ -225,11 +252,20 @@ def pad_collate(items: list[dict | None]) -> dict:
     if not items:
         raise DataError("every recording of a batch was unreadable (data.on_bad_file=skip)")
     inputs = [it["inputs"] for it in items]
-    return {
+    targets = [it["target"] for it in items]
+    batch = {
         "inputs": torch.nn.utils.rnn.pad_sequence(inputs, batch_first=True),
         "lengths": torch.tensor([x.shape[0] for x in inputs]),
-        "targets": torch.tensor([it["target"] for it in items]),
+        # class indices (batch,), or multi-hot (batch, classes) for multi-label data
+        "targets": torch.stack(targets) if isinstance(targets[0], torch.Tensor) else torch.tensor(targets),
     }
+    if "events" in items[0]:  # (batch, most events, 3): onset s, offset s, class index; padded with class -1
+        events = [it["events"] for it in items]
+        padded = torch.full((len(items), max(1, max(len(e) for e in events)), 3), -1.0)
+        for row, e in zip(padded, events):
+            row[: len(e)] = e
+        batch["events"] = padded
+    return batch
 
 
 def this_rank_share(items: list) -> list:
@@ -403,6 +439,8 @@ class AudioDataModule(L.LightningDataModule):
         cache_max_gb: the most memory that placement=auto lets the cache take (all splits).
         cache_dir: where `placement=cache` keeps computed features, one file per split, named by
             a hash of the extractor and of the split's files (path, size, modification time).
+        task: "multiclass" or "multilabel" (multi-hot targets, also for data with one label per recording);
+            None: multilabel exactly when the items carry label sets. Multi-label data with "multiclass" is an error.
         on_bad_file: "error" stops at the first file that cannot be used, naming it (headers are read at
             start-up, samples when first used); "skip" reads every file once at start-up, leaves out those
             that cannot be used, warns with their count and lists them in `skipped` (train.py writes
@@ -436,8 +474,11 @@ class AudioDataModule(L.LightningDataModule):
         length_buckets: bool = True,
         max_batch_seconds: float | None = None,
         cache_max_gb: float = 4.0,
+        task: str | None = None,
     ):
         super().__init__()
+        if task not in (None, "multiclass", "multilabel"):
+            raise ConfigError(f"task.name={task!r}: expected multiclass or multilabel")
         if on_bad_file not in ("error", "skip"):
             raise ConfigError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
         if batch_size < 1:
@@ -488,6 +529,7 @@ class AudioDataModule(L.LightningDataModule):
         self.duplicates: list[tuple[str, str, str, str]] = []  # (split, path, other split, other path)
         self.splits: dict[str, list[Item]] | None = None
         self.class_names: list[str] = []
+        self.task = task
 
     # --- what a dataset defines --------------------------------------------------------------
     def scan(self) -> list[Item]:
@@ -530,14 +572,28 @@ class AudioDataModule(L.LightningDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def multilabel(self) -> bool:
+        """Whether targets are multi-hot: task=multilabel, or (task unset) the items carry label sets."""
+        if self.task is not None:
+            return self.task == "multilabel"
+        return self.splits is not None and any(it.labels is not None for it in self.splits["train"])
+
+    @property
+    def has_events(self) -> bool:
+        """Whether the data has strong labels (onset, offset, label), for sound event detection."""
+        return self.splits is not None and any(it.events is not None for it in self.splits["train"])
+
     def class_counts(self) -> list[int]:
-        counts = Counter(item.label for item in self.splits["train"])
+        """Training recordings per class (for multi-label data: recordings in which the class is heard)."""
+        counts = Counter(name for item in self.splits["train"] for name in labels_of(item))
         return [counts[name] for name in self.class_names]
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
             self.splits = self.build_splits()
             self._check_splits()
+            self._check_events()
             if self.placement == "auto":
                 self.placement = self.choose_placement()
             if self.placement == "cache":
@@ -681,23 +737,44 @@ class AudioDataModule(L.LightningDataModule):
     def _check_classes(self) -> None:
         """The classes are the training split's: at least two, every val/test label among them, and neither
         val nor test empty."""
-        self.class_names = sorted({item.label for item in self.splits["train"]})
-        if len(self.class_names) < 2:
+        if self.task == "multiclass" and any(it.labels is not None for it in self.splits["train"]):
+            raise ConfigError(
+                f"{type(self).__name__} is multi-label data (several or no classes per recording): "
+                "choose task=multilabel"
+            )
+        self.class_names = sorted({name for item in self.splits["train"] for name in labels_of(item)})
+        fewest = 1 if self.multilabel else 2  # multi-label: every class is its own yes/no question
+        if len(self.class_names) < fewest:
             raise DataError(
                 f"{type(self).__name__} (data.root={self.root}): the training split has "
-                f"{len(self.class_names)} class ({', '.join(self.class_names)}); a classifier needs at least 2"
+                f"{len(self.class_names)} class ({', '.join(self.class_names)}); a classifier needs at least {fewest}"
             )
         for split in ("val", "test"):
             unknown = {}
             for it in self.splits[split]:
-                if it.label not in self.class_names:
-                    unknown.setdefault(it.label, it.path)
+                for name in labels_of(it):
+                    if name not in self.class_names:
+                        unknown.setdefault(name, it.path)
             if unknown:
                 examples = ", ".join(f"{label!r} (e.g. {path})" for label, path in sorted(unknown.items())[:5])
                 raise DataError(f"{len(unknown)} labels occur in the {split} split but not in training: {examples}")
         for split in ("val", "test"):
             if not self.splits[split]:
                 raise DataError(f"{type(self).__name__}: the {split} split is empty")
+
+    def _check_events(self) -> None:
+        """Strong labels are times in the recording as stored: nothing may move or cut the audio under them."""
+        if not self.has_events:
+            return
+        if self.num_samples is not None or (
+            self.waveform_augment is not None
+            and any(isinstance(step, RandomShift) for step in self.waveform_augment.steps)
+        ):
+            raise ConfigError(
+                f"{type(self).__name__} has sound event times (strong labels), which data.duration (crops) and "
+                "augment.waveform.shift would move away from the audio: set data.duration=null and "
+                "augment.waveform.shift=0"
+            )
 
     def _report_shared_groups(self) -> None:
         shared = shared_groups(self.splits)
@@ -763,6 +840,7 @@ class AudioDataModule(L.LightningDataModule):
             features=self.features,
             num_samples=self.num_samples,
             random_crop=train,
+            multilabel=self.multilabel,
         )
         spec_augment = self.spec_augment if train else None
         if placement == "cache":

@@ -1,11 +1,16 @@
 """A CSV manifest: one row per recording (or segment of one), for data in any layout.
 
-    path,label[,split][,group][,start][,end][,fold]
+    path,label[,split][,group][,start][,end][,fold]      one class per recording
+    path,labels[,split][,group][,start][,end][,fold]     multi-label: `;`-separated classes, may be empty
 
 `path` is relative to the manifest's folder (or absolute); `split` is train/val/test (splits left
 empty are carved by hash, see splits.py); `group` the speaker or source; `start`/`end` seconds of a
 segment of a longer file; `fold` a cross-validation fold. Any other column is an error, so a typo in
 a header never silently drops information.
+
+Strong labels for sound event detection come beside it (`data.events=PATH`): a DCASE tab-separated file
+with the header `filename onset offset event_label`, one row per event, `filename` as the manifest's
+`path`. A recording's label set is then that of its events, unless a `labels` column gives it.
 """
 
 from __future__ import annotations
@@ -14,23 +19,27 @@ import csv
 import logging
 from pathlib import Path
 
-from audio_cls.data.base import AudioDataModule, Item
+from audio_cls.data.base import AudioDataModule, Item, multilabel_item
 from audio_cls.errors import DataError
 
 log = logging.getLogger(__name__)
 
-REQUIRED = ("path", "label")
+LABELS = ("label", "labels")  # exactly one of them
 OPTIONAL = ("split", "group", "start", "end", "fold")
+EVENT_COLUMNS = ("filename", "onset", "offset", "event_label")
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
 class Manifest(AudioDataModule):
     """Args:
     root: the manifest CSV, or a folder holding `manifest.csv`.
+    events: a DCASE strong-label TSV (filename, onset, offset, event_label), relative to the manifest's
+        folder or absolute; null for none.
     """
 
-    def __init__(self, root: str, **kwargs):
+    def __init__(self, root: str, events: str | None = None, **kwargs):
         super().__init__(root=root, **kwargs)
+        self.events = events
 
     @property
     def manifest_path(self) -> Path:
@@ -48,19 +57,23 @@ class Manifest(AudioDataModule):
         with manifest.open(newline="", encoding="utf-8-sig") as f:  # utf-8-sig: spreadsheets write a BOM
             reader = csv.DictReader(f)
             columns = [c.strip() for c in reader.fieldnames or []]
-            missing = [c for c in REQUIRED if c not in columns]
-            if missing:
-                raise DataError(f"{manifest}: no {' or '.join(missing)} column (header: {','.join(columns)})")
-            unknown = [c for c in columns if c not in REQUIRED + OPTIONAL]
+            if "path" not in columns:
+                raise DataError(f"{manifest}: no path column (header: {','.join(columns)})")
+            if sum(c in columns for c in LABELS) != 1:
+                raise DataError(f"{manifest}: expected either a label or a labels column (header: {','.join(columns)})")
+            unknown = [c for c in columns if c not in ("path", *LABELS, *OPTIONAL)]
             if unknown:
                 raise DataError(
-                    f"{manifest}: unknown columns {unknown}; a manifest has path,label and "
+                    f"{manifest}: unknown columns {unknown}; a manifest has path, label (or labels) and "
                     f"optionally {','.join(OPTIONAL)}"
                 )
+            events = self._read_events() if self.events else None
             reader.fieldnames = columns
             items, seen = [], {}
+            cells = set()  # the path cells, which the events file's names must be among
             for line, row in enumerate(reader, start=2):
-                item = self._item(row, f"{manifest} line {line}")
+                cells.add((row.get("path") or "").strip())
+                item = self._item(row, f"{manifest} line {line}", events)
                 if item is None:
                     continue
                 key = (item.path, item.start, item.end)
@@ -70,13 +83,38 @@ class Manifest(AudioDataModule):
                 items.append(item)
         if not items:
             raise DataError(f"{manifest}: no recordings listed")
+        if events:
+            unused = sorted(set(events) - cells)
+            if unused:
+                raise DataError(
+                    f"{self.events}: events of {len(unused)} files the manifest does not list (e.g. {unused[0]})"
+                )
         return items
 
-    def _item(self, row: dict, where: str) -> Item | None:
+    def _read_events(self) -> dict[str, list[tuple[float, float, str]]]:
+        """{manifest path: [(onset, offset, label), ...]} from the DCASE TSV of `data.events`."""
+        path = Path(self.events).expanduser()
+        path = path if path.is_absolute() else self.root_path / path
+        if not path.is_file():
+            raise DataError(f"data.events={self.events}: no such file ({path})")
+        events: dict[str, list[tuple[float, float, str]]] = {}
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, delimiter="\t")
+            if [c.strip() for c in reader.fieldnames or []] != list(EVENT_COLUMNS):
+                raise DataError(f"{path}: expected the tab-separated header {' '.join(EVENT_COLUMNS)}")
+            for line, row in enumerate(reader, start=2):
+                where = f"{path} line {line}"
+                onset, offset = parse_segment({"start": row["onset"], "end": row["offset"]}, where)
+                if onset is None or offset is None or not (row["event_label"] or "").strip():
+                    raise DataError(f"{where}: every event needs an onset, an offset and a label")
+                events.setdefault(row["filename"].strip(), []).append((onset, offset, row["event_label"].strip()))
+        return events
+
+    def _item(self, row: dict, where: str, events: dict | None = None) -> Item | None:
         values = {k: (v or "").strip() for k, v in row.items() if k is not None}
         if None in row:
             raise DataError(f"{where}: more fields than the header has columns")
-        if not values["path"] or not values["label"]:
+        if not values["path"] or ("label" in values and not values["label"]):
             raise DataError(f"{where}: empty {'path' if not values['path'] else 'label'}")
         path = Path(values["path"]).expanduser()
         path = path if path.is_absolute() else self.root_path / path
@@ -95,15 +133,19 @@ class Manifest(AudioDataModule):
                 fold = int(fold)
             except ValueError:
                 raise DataError(f"{where}: fold {fold!r} is not an integer") from None
-        return Item(
-            str(path),
-            values["label"],
-            values.get("group") or None,
-            start,
-            end,
-            SPLIT_NAMES[split.lower()] if split else None,
-            fold,
+        fields = dict(
+            group=values.get("group") or None,
+            start=start,
+            end=end,
+            split=SPLIT_NAMES[split.lower()] if split else None,
+            fold=fold,
         )
+        if events is not None:
+            labels = [x.strip() for x in values["labels"].split(";") if x.strip()] if "labels" in values else None
+            return multilabel_item(str(path), labels, events.get(values["path"], []), **fields)
+        if "labels" in values:
+            return multilabel_item(str(path), [x.strip() for x in values["labels"].split(";") if x.strip()], **fields)
+        return Item(str(path), values["label"], **fields)
 
 
 def parse_segment(values: dict[str, str], where: str) -> tuple[float | None, float | None]:

@@ -7,6 +7,9 @@ The convolutions see local patterns (formant transitions, onsets); the GRU reads
 Padded frames are zeroed before every block, so an item gives the same logits alone or in a padded
 batch (in eval mode) whatever the padding holds. Built by `conf/model/crnn.yaml`:
 `python -m audio_cls.train model=crnn`.
+
+With `frame_pooling` set it is a sound event detection network (the DCASE baseline's shape): a FrameHead
+scores every GRU step, and the clip logits are pooled from those frame logits.
 """
 
 from __future__ import annotations
@@ -14,13 +17,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from audio_cls.errors import ConfigError
 from audio_cls.model.layers import (
+    FRAME_POOLINGS,
     RNN_READOUTS,
     ConvFront,
     ConvStack,
+    FrameHead,
     check_readout,
     make_rnn,
     readout_width,
+    rnn_outputs,
     rnn_readout,
 )
 
@@ -31,8 +38,12 @@ class CRNN(ConvFront, nn.Module):
     hidden_size, num_layers, bidirectional, rnn_dropout: the GRU (rnn_dropout between its layers).
     readout: "last" (each item's last valid step; for a bidirectional GRU with the backward direction's
     final state, which has read the whole item), or "mean", "max", "meanmax" over valid steps.
+    frame_pooling: null, or one of FRAME_POOLINGS: frame-level logits for every GRU step (sound event
+    detection), pooled into the clip logits that way; `readout` is then unused.
 
     forward(x (batch, time, feat), lengths (batch,)) -> logits (batch, num_classes);
+    forward_frames(x, lengths) -> clip logits, frame logits (batch, time', num_classes), frame lengths (batch,)
+        (with frame_pooling);
     min_input_frames(): the fewest frames it accepts.
     """
 
@@ -46,6 +57,7 @@ class CRNN(ConvFront, nn.Module):
         bidirectional: bool = True,
         rnn_dropout: float = 0.0,
         readout: str = "meanmax",
+        frame_pooling: str | None = None,
         **conv,
     ):
         super().__init__()
@@ -53,9 +65,32 @@ class CRNN(ConvFront, nn.Module):
         self.blocks = ConvStack(in_features, channels, dims=1, **conv)
         self.gru = make_rnn(nn.GRU, self.blocks.out_channels, hidden_size, num_layers, bidirectional, rnn_dropout)
         self.readout = readout
-        self.head = nn.Linear(readout_width(hidden_size * (2 if bidirectional else 1), readout), num_classes)
+        width = hidden_size * (2 if bidirectional else 1)
+        if frame_pooling is None:
+            self.head = nn.Linear(readout_width(width, readout), num_classes)
+        else:
+            self.head = FrameHead(width, num_classes, frame_pooling)
+
+    @property
+    def has_frames(self) -> bool:
+        return isinstance(self.head, FrameHead)
+
+    def _steps(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h, frames = self.blocks(x, lengths)  # (batch, channels, time'), zero past each length; (batch,)
+        return rnn_outputs(self.gru, h.transpose(1, 2), frames), frames
+
+    def forward_frames(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: (batch, time, feat), lengths: (batch,) -> clip logits (batch, num_classes), frame logits
+        (batch, time', num_classes) and the frames' valid lengths (batch,)."""
+        if not self.has_frames:
+            raise ConfigError(f"model.frame_pooling is null: this CRNN has no frame head ({', '.join(FRAME_POOLINGS)})")
+        steps, frames = self._steps(x, lengths)
+        frame_logits = self.head.frame_logits(steps)
+        return self.head.pool(frame_logits, frames, steps), frame_logits, frames
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """x: (batch, time, feat), lengths: (batch,) valid frames -> logits (batch, num_classes)."""
-        h, frames = self.blocks(x, lengths)  # (batch, channels, time'), zero past each length; (batch,)
+        if self.has_frames:
+            return self.forward_frames(x, lengths)[0]
+        h, frames = self.blocks(x, lengths)
         return self.head(rnn_readout(self.gru, h.transpose(1, 2), frames, self.readout))

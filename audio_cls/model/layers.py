@@ -8,6 +8,9 @@ The network protocol: a network is an `nn.Module` with
     min_input_frames() -> int   (optional)
         The fewest frames it accepts (a CNN's convolutions and pooling need a few); 1 when absent.
         Read it with `min_input_frames(net)`.
+    forward_frames(x, lengths) -> (logits, frame_logits, frame_lengths)   (optional, with has_frames True)
+        Sound event detection: frame_logits (batch, time', num_classes) for frame_lengths (batch,) valid
+        frames, and the clip logits pooled from them (a FrameHead). Ask with `has_frame_head(net)`.
 
 Inside the convolutional networks, every length-changing piece takes and returns `(x, lengths)` (as
 torchaudio's wav2vec2 components do): `ConvBlock(h, lengths) -> (h, lengths)`, and `ConvStack`, the blocks
@@ -43,6 +46,11 @@ def min_input_frames(net: nn.Module) -> int:
     """The fewest frames `net` accepts: `net.min_input_frames()` where the network defines it, else 1."""
     method = getattr(net, "min_input_frames", None)
     return int(method()) if callable(method) else 1
+
+
+def has_frame_head(net: nn.Module) -> bool:
+    """Whether `net` scores every frame (sound event detection): it has `forward_frames` and `has_frames`."""
+    return bool(getattr(net, "has_frames", False)) and callable(getattr(net, "forward_frames", None))
 
 
 def check_readout(readout: str, choices: tuple[str, ...] = READOUTS) -> None:
@@ -166,6 +174,58 @@ def rnn_readout(rnn: nn.LSTM | nn.GRU, x: torch.Tensor, lengths: torch.Tensor, r
         return last_state(h_n[0] if isinstance(h_n, tuple) else h_n, rnn.bidirectional)  # LSTM: (h_n, c_n)
     padded, _ = pad_packed_sequence(outputs, batch_first=True, total_length=x.shape[1])
     return masked_pool(padded, lengths.to(padded.device), readout)
+
+
+def rnn_outputs(rnn: nn.LSTM | nn.GRU, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """A batch_first RNN's output at every step (packed: padding never reaches it).
+
+    x: (batch, time, rnn.input_size), lengths: (batch,) -> (batch, time, hidden * directions), zero past
+    each item's length."""
+    packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    outputs, _ = rnn(packed)
+    return pad_packed_sequence(outputs, batch_first=True, total_length=x.shape[1])[0]
+
+
+FRAME_POOLINGS = ("max", "mean", "attention", "linear_softmax")
+
+
+class FrameHead(nn.Module):
+    """Sound event detection's head: logits for every frame, and clip logits pooled from them over each
+    item's valid frames, so that a network trained on clip labels alone still scores every frame.
+
+        frame_logits(x (batch, time, width)) -> (batch, time, classes)
+        pool(frame_logits, lengths (batch,)) -> clip logits (batch, classes)
+
+    pooling: "max" (of the frame logits), "mean" (of the frame logits), "attention" (a softmax over time of
+    a second linear map weighs the frame logits, per class; Kong et al. 2020), "linear_softmax" (the clip
+    probability is sum p^2 / sum p over frames; Wang et al. 2019), returned as its logit.
+    """
+
+    def __init__(self, width: int, num_classes: int, pooling: str = "linear_softmax"):
+        super().__init__()
+        if pooling not in FRAME_POOLINGS:
+            raise ConfigError(f"model.frame_pooling={pooling!r}: expected one of {', '.join(FRAME_POOLINGS)}")
+        self.pooling = pooling
+        self.classify = nn.Linear(width, num_classes)
+        self.attend = nn.Linear(width, num_classes) if pooling == "attention" else None
+
+    def frame_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classify(x)
+
+    def pool(self, logits: torch.Tensor, lengths: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
+        """Clip logits from frame logits (batch, time, classes) over valid frames; `x` (the frames' features)
+        is needed by attention pooling."""
+        mask = frame_mask(lengths.to(logits.device), logits.shape[1]).unsqueeze(-1)  # (batch, time, 1)
+        if self.pooling == "max":
+            return logits.masked_fill(~mask, torch.finfo(logits.dtype).min).amax(1)
+        if self.pooling == "mean":
+            return logits.masked_fill(~mask, 0.0).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(logits.dtype)
+        if self.pooling == "attention":
+            weights = self.attend(x).masked_fill(~mask, torch.finfo(logits.dtype).min).softmax(dim=1)
+            return (weights * logits).sum(1)
+        probs = torch.sigmoid(logits).masked_fill(~mask, 0.0)
+        clip = (probs * probs).sum(1) / probs.sum(1).clamp(min=1e-7)
+        return torch.logit(clip, eps=1e-6)
 
 
 def time_mask(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
