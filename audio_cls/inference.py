@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 # What Classifier.predict and .load take: a file's path, or a 1-D waveform.
 AudioInput = str | Path | torch.Tensor | np.ndarray
 
-AGGREGATES = ("mean", "max")
+AGGREGATES = ("auto", "mean", "max")
 
 
 @dataclass
@@ -127,7 +127,8 @@ class Classifier:
         window: seconds per window; None: the training clip length (`data.duration`), or whole files when
             training used whole recordings; "whole": whole files.
         hop: seconds between window starts; None: half a window.
-        aggregate: "mean" or "max" of the window probabilities.
+        aggregate: "mean" or "max" of the window probabilities; "auto": mean for a single-label model, max for a
+            multi-label one (a sound heard in one window of a long recording is in the recording).
         top_k: labels returned per recording.
         batch_size: windows per forward pass.
         device: "cpu", "cuda", "cuda:1", ...; "auto" picks a GPU when there is one.
@@ -141,7 +142,7 @@ class Classifier:
         module: AudioClassifier,
         window: float | str | None = None,
         hop: float | None = None,
-        aggregate: str = "mean",
+        aggregate: str = "auto",
         top_k: int = 3,
         batch_size: int = 32,
         device: str = "cpu",
@@ -184,6 +185,8 @@ class Classifier:
             raise ConfigError(f"top_k={top_k!r}: must be a positive integer")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"batch_size={batch_size!r}: must be a positive integer")
+        if aggregate == "auto":
+            aggregate = "max" if self.multilabel else "mean"
         self.aggregate, self.top_k, self.batch_size = aggregate, min(top_k, len(self.class_names)), batch_size
         self.window, self.hop = self._window_and_hop(window, hop, config["data"].get("duration"))
 
@@ -338,7 +341,7 @@ class Classifier:
         wave = self._pad(wave, self.min_samples).to(self.device, torch.float32)[None]
         inputs, frames = extract(self.features, wave, torch.tensor([wave.shape[1]], device=self.device))
         _, frame_logits, frame_lengths = self.net.forward_frames(inputs, frames)
-        hop = frame_hop(self.features.hop_samples / self.sample_rate, inputs.shape[1], frame_logits.shape[1])
+        hop = frame_hop(self.features.hop_samples / self.sample_rate, self.net)
         return torch.sigmoid(frame_logits[0, : int(frame_lengths[0])].float()).cpu(), hop
 
     def events(self, wave: torch.Tensor) -> list[tuple[float, float, str, float]]:

@@ -196,8 +196,9 @@ class AudioClassifier(L.LightningModule):
         strong = "events" in batch and has_frame_head(self.net)
         if strong:
             logits, frame_logits, frame_lengths = self.net.forward_frames(batch["inputs"], batch["lengths"])
-            seconds = frame_hop(self.hparams.frame_seconds, batch["inputs"].shape[1], frame_logits.shape[1])
+            seconds = frame_hop(self.hparams.frame_seconds, self.net)
             frame_targets = frame_targets_from_events(batch["events"], frame_logits.shape[1], seconds, targets.shape[1])
+            self._last_frames = (frame_logits.detach(), frame_lengths, seconds)  # for the TensorBoard picture
         else:
             logits = self(batch["inputs"], batch["lengths"])
         if mix is not None:
@@ -218,9 +219,13 @@ class AudioClassifier(L.LightningModule):
         """Loss, metrics and logging of a validation or test batch; returns the logits."""
         logits, loss, targets = self._logits_and_loss(batch)
         if self.multilabel:
-            targets = targets.long()
-            self._scores.append((torch.sigmoid(logits.detach().float()), targets))
-        metrics.update(logits, targets)
+            # Probabilities in float32: torchmetrics would apply the sigmoid itself only to batches with a
+            # logit outside [0, 1], and in half precision, where close scores become ties.
+            targets, scores = targets.long(), torch.sigmoid(logits.detach().float())
+            self._scores.append((scores, targets))
+            metrics.update(scores, targets)
+        else:
+            metrics.update(logits, targets)
         batch_size = targets.shape[0]
         self.log(
             f"{split}/loss",
@@ -294,7 +299,17 @@ class AudioClassifier(L.LightningModule):
         )
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._last_frames = None
         self._shared_step(batch, self.val_metrics, "val")
+        if batch_idx == 0 and self._last_frames is not None:  # a few recordings' frame scores, for TensorBoard
+            frame_logits, frame_lengths, seconds = self._last_frames
+            n = min(4, len(frame_logits))
+            self._frames_example = (
+                torch.sigmoid(frame_logits[:n].float()).cpu(),
+                frame_lengths[:n].cpu(),
+                batch["events"][:n].cpu(),
+                seconds,
+            )
 
     def on_validation_epoch_start(self) -> None:
         if self.multilabel:
@@ -314,11 +329,22 @@ class AudioClassifier(L.LightningModule):
             if not self.trainer.sanity_checking:
                 self.val_map_best.update(self.val_metrics["mAP"].compute())
                 self.log("val/mAP_best", self.val_map_best.compute(), prog_bar=True, sync_dist=True)
+                self._log_frame_scores()
             return
         if self.trainer.sanity_checking:
             return  # the sanity check's accuracy is no result
         self.val_acc_best.update(self.val_metrics["acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
+
+    def _log_frame_scores(self) -> None:
+        """TensorBoard: the first validation recordings' frame scores per class, reference events drawn on them."""
+        example, self._frames_example = getattr(self, "_frames_example", None), None
+        if example is None or not self.trainer.is_global_zero:
+            return
+        for logger in self.loggers:
+            if hasattr(logger.experiment, "add_figure"):
+                figure = frame_scores_figure(*example, self.class_names)
+                logger.experiment.add_figure("val/frame_scores", figure, global_step=self.global_step)
 
     def _gathered_scores(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This validation's or test's (probabilities, targets) (N, C) from every process."""
@@ -332,7 +358,7 @@ class AudioClassifier(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         logits = self._shared_step(batch, self.test_metrics, "test")
         if self.multilabel:
-            self.test_ap.update(logits, batch["targets"].long())
+            self.test_ap.update(torch.sigmoid(logits.float()), batch["targets"].long())
             return
         self.test_confusion.update(logits, batch["targets"])
         self.test_per_class_metrics.update(logits, batch["targets"])
@@ -459,10 +485,10 @@ def f1_scores(probs: torch.Tensor, targets: torch.Tensor, thresholds: torch.Tens
     }
 
 
-def frame_hop(input_seconds: float, input_frames: int, output_frames: int) -> float:
-    """Seconds per output frame of a frame head whose network pools time by a whole factor (ConvStack's
-    max-pooling drops a last partial frame, hence the rounding)."""
-    return input_seconds * max(1, round(input_frames / max(output_frames, 1)))
+def frame_hop(input_seconds: float, net: nn.Module) -> float:
+    """Seconds per frame of a frame head: the input's hop times the network's `frame_stride()` (1 without it)."""
+    stride = getattr(net, "frame_stride", None)
+    return input_seconds * (int(stride()) if callable(stride) else 1)
 
 
 def frame_targets_from_events(
@@ -507,3 +533,25 @@ class FocalLoss(nn.Module):
         from torchvision.ops import sigmoid_focal_loss
 
         return sigmoid_focal_loss(logits, targets.to(logits.dtype), self.alpha, self.gamma, reduction="mean")
+
+
+def frame_scores_figure(probs, lengths, events, frame_seconds: float, class_names: list[str]):
+    """A matplotlib figure, one panel per recording: frame probabilities (classes x time) as an image, and each
+    reference event (onset s, offset s, class index; class -1 pads) as a white line on its class's row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(probs), 1, figsize=(8, 1.2 + 0.25 * len(class_names) * len(probs)), squeeze=False)
+    for ax, p, n, ev in zip(axes[:, 0], probs, lengths.tolist(), events):
+        seconds = n * frame_seconds
+        extent = (0, seconds, -0.5, len(class_names) - 0.5)
+        ax.imshow(p[:n].T, aspect="auto", origin="lower", vmin=0, vmax=1, extent=extent)
+        for onset, offset, c in ev.tolist():
+            if c >= 0:
+                ax.plot([onset, offset], [c, c], color="white", linewidth=2)
+        ax.set_yticks(range(len(class_names)), class_names, fontsize=6)
+        ax.set_xlabel("seconds", fontsize=7)
+    fig.tight_layout()
+    return fig

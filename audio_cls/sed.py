@@ -251,27 +251,30 @@ def merge_references(events: Sequence[Reference]) -> list[Reference]:
 
 def detection_scores(module, datamodule, split: str) -> tuple[dict[str, np.ndarray], float]:
     """Frame probabilities (frames, classes) of every recording of a split, by path, and the seconds per frame:
-    `module` (an AudioClassifier whose network has a frame head) run in eval mode, batch by batch in file order."""
+    `module` (an AudioClassifier whose network has a frame head) run in eval mode, in batches of items taken
+    in order (a recording found unreadable, with data.on_bad_file=skip, is left out by path, not by position)."""
     import torch
-    from torch.utils.data import DataLoader
 
     from audio_cls.data.base import pad_collate
     from audio_cls.module import frame_hop
 
     dataset = datamodule.dataset(split, augment=False)
-    loader = DataLoader(dataset, batch_size=datamodule.batch_size, collate_fn=pad_collate)  # in item order
-    was_training, hop = module.training, None
+    hop = frame_hop(datamodule.features.hop_samples / datamodule.sample_rate, module.net)
+    was_training = module.training
     module.eval()
-    scores, paths = {}, iter(item.path for item in dataset.items)
+    scores = {}
     with torch.no_grad():
-        for batch in loader:
+        for start in range(0, len(dataset), datamodule.batch_size):
+            indices = range(start, min(start + datamodule.batch_size, len(dataset)))
+            loaded = [(dataset.items[i].path, item) for i in indices if (item := dataset[i]) is not None]
+            if not loaded:
+                continue
+            batch = pad_collate([item for _, item in loaded])
             batch = datamodule.features_of({k: v.to(module.device) for k, v in batch.items()})
             _, frame_logits, frame_lengths = module.net.forward_frames(batch["inputs"], batch["lengths"])
-            input_seconds = datamodule.features.hop_samples / datamodule.sample_rate
-            hop = hop or frame_hop(input_seconds, batch["inputs"].shape[1], frame_logits.shape[1])
             probs = torch.sigmoid(frame_logits.float()).cpu().numpy()
-            for row, n in zip(probs, frame_lengths.tolist()):
-                scores[next(paths)] = row[:n]
+            for (path, _), row, n in zip(loaded, probs, frame_lengths.tolist()):
+                scores[path] = row[:n]
     module.train(was_training)
     return scores, hop
 
@@ -282,7 +285,7 @@ def evaluate_detection(
     """`sed_metrics` of a split, frames active at or above `threshold`, against the split's strong labels.
     Classes without a reference event in the split are left out (recall is undefined for them)."""
     scores, hop = detection_scores(module, datamodule, split)
-    items = datamodule.splits[split]
+    items = [it for it in datamodule.splits[split] if it.path in scores]
     truth = {it.path: merge_references(it.events or ()) for it in items}
     present = sorted({label for events in truth.values() for *_, label in events})
     columns = [module.class_names.index(label) for label in present]

@@ -171,6 +171,16 @@ def test_multilabel_task_refuses_cross_entropy():
         check_config(cfg)
 
 
+def tensorboard_images(run_dir) -> set[str]:
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    tags = set()
+    for events in run_dir.rglob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(events)).Load():
+            tags |= {v.tag for v in event.summary.value if v.metadata.plugin_data.plugin_name == "images"}
+    return tags
+
+
 @pytest.mark.slow
 def test_fsdd_mix_sed_trains_tests_predicts_and_exports(tmp_path):
     run_dir = tmp_path / "run"
@@ -182,10 +192,11 @@ def test_fsdd_mix_sed_trains_tests_predicts_and_exports(tmp_path):
         "model.channels=[16,16]",
         "model.hidden_size=16",
         "trainer.max_epochs=3",
-        "logger=none",
+        "logger=tensorboard",
         f"hydra.run.dir={run_dir}",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {"val/frame_scores", "test/precision_recall"} <= tensorboard_images(run_dir)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("test/mAP", "test/f1", "test/auroc", "val/mAP_best", "test/segment_f1", "test/event_f1", "test/psds1"):
         assert 0.0 <= metrics[key] <= 1.0, key
@@ -254,3 +265,40 @@ def test_fsd50k_reader_on_its_layout(tmp_path):
     (tmp_path / "FSD50K.ground_truth" / "vocabulary.csv").write_text("0,Bark,/m/0\n")
     with pytest.raises(DataError, match="label 'Meow' is not in vocabulary.csv"):
         FSD50K(root=str(tmp_path), features=LogMel(16000, n_fft=512, hop_length=160), sample_rate=16000).scan()
+
+
+def test_event_times_use_the_networks_stride_also_for_short_inputs():
+    from audio_cls.module import frame_hop
+
+    net = CRNN(40, 3, channels=[8, 8, 8], frame_pooling="max")  # three blocks pooling by 2: stride 8
+    assert net.frame_stride() == 8 and frame_hop(0.01, net) == pytest.approx(0.08)
+    # 60 input frames give 7 frames (60 -> 30 -> 15 -> 7): the shapes' ratio (8.6) would round to 9
+    _, frames, lengths = net.eval().forward_frames(torch.randn(1, 60, 40), torch.tensor([60]))
+    assert frames.shape[1] == int(lengths[0]) == 7
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_linear_softmax_pooling_stays_finite_in_half_precision(dtype):
+    from audio_cls.model.layers import FrameHead
+
+    head = FrameHead(4, 2, "linear_softmax")
+    confident = torch.full((1, 50, 2), 9.0, dtype=dtype)  # every frame sure: the clip probability rounds to 1
+    clip = head.pool(confident, torch.tensor([50]))
+    assert clip.dtype == torch.float32 and torch.isfinite(clip).all()
+
+
+def test_multilabel_data_refuses_class_balanced_sampling(tmp_path):
+    write_multilabel_manifest(tmp_path)
+    with pytest.raises(ConfigError, match="loss.pos_weight=balanced"):
+        manifest(tmp_path, balanced_sampling=True).setup("fit")
+
+
+def test_events_must_match_the_rows_labels_and_cannot_have_segments(tmp_path):
+    write_multilabel_manifest(tmp_path)
+    with (tmp_path / "events.tsv").open("a") as f:
+        f.write("c0.wav\t0.7\t0.9\thigh\n")  # c0 is labelled low only
+    with pytest.raises(DataError, match="c0.wav has events of 'high', which its labels do not list"):
+        manifest(tmp_path, events="events.tsv").scan()
+    (tmp_path / "manifest.csv").write_text("path,labels,start,end\nc1.wav,high,0.0,0.5\n")
+    with pytest.raises(DataError, match=r"a segment \(start/end\) with data.events"):
+        manifest(tmp_path, events="events.tsv").scan()

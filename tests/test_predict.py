@@ -143,7 +143,7 @@ def test_unusable_waveforms(classifier, x, message):
         ({"window": "whole", "hop": 0.1}, "hop=0.1: whole recordings"),
         ({"window": -1}, "window=-1"),
         ({"hop": 0}, "hop=0: must be positive"),
-        ({"aggregate": "median"}, "aggregate='median': expected one of mean, max"),
+        ({"aggregate": "median"}, "aggregate='median': expected one of auto, mean, max"),
         ({"top_k": 0}, "top_k=0"),
         ({"device": "tpu"}, "device='tpu': expected auto, cpu, cuda or cuda:N"),
     ],

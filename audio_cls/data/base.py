@@ -594,6 +594,7 @@ class AudioDataModule(L.LightningDataModule):
             self.splits = self.build_splits()
             self._check_splits()
             self._check_events()
+            self._check_multilabel_settings()
             if self.placement == "auto":
                 self.placement = self.choose_placement()
             if self.placement == "cache":
@@ -761,6 +762,13 @@ class AudioDataModule(L.LightningDataModule):
         for split in ("val", "test"):
             if not self.splits[split]:
                 raise DataError(f"{type(self).__name__}: the {split} split is empty")
+
+    def _check_multilabel_settings(self) -> None:
+        if self.multilabel and self.balanced_sampling:
+            raise ConfigError(
+                "data.balanced_sampling draws by class, which multi-label data does not have one of per recording: "
+                "use loss.pos_weight=balanced instead"
+            )
 
     def _check_events(self) -> None:
         """Strong labels are times in the recording as stored: nothing may move or cut the audio under them."""

@@ -141,8 +141,15 @@ class Manifest(AudioDataModule):
             fold=fold,
         )
         if events is not None:
+            if start is not None or end is not None:
+                raise DataError(
+                    f"{where}: a segment (start/end) with data.events: event times count from the file's start"
+                )
             labels = [x.strip() for x in values["labels"].split(";") if x.strip()] if "labels" in values else None
-            return multilabel_item(str(path), labels, events.get(values["path"], []), **fields)
+            own = events.get(values["path"], [])
+            if labels is not None and (extra := sorted({lab for *_, lab in own} - set(labels))):
+                raise DataError(f"{where}: {values['path']} has events of {extra[0]!r}, which its labels do not list")
+            return multilabel_item(str(path), labels, own, **fields)
         if "labels" in values:
             return multilabel_item(str(path), [x.strip() for x in values["labels"].split(";") if x.strip()], **fields)
         return Item(str(path), values["label"], **fields)

@@ -75,6 +75,10 @@ class CRNN(ConvFront, nn.Module):
     def has_frames(self) -> bool:
         return isinstance(self.head, FrameHead)
 
+    def frame_stride(self) -> int:
+        """Input frames per frame of forward_frames (the conv blocks' pooling)."""
+        return self.blocks.time_stride()
+
     def _steps(self, x: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h, frames = self.blocks(x, lengths)  # (batch, channels, time'), zero past each length; (batch,)
         return rnn_outputs(self.gru, h.transpose(1, 2), frames), frames

@@ -11,6 +11,7 @@ The network protocol: a network is an `nn.Module` with
     forward_frames(x, lengths) -> (logits, frame_logits, frame_lengths)   (optional, with has_frames True)
         Sound event detection: frame_logits (batch, time', num_classes) for frame_lengths (batch,) valid
         frames, and the clip logits pooled from them (a FrameHead). Ask with `has_frame_head(net)`.
+        frame_stride() -> int: input frames per output frame (output frame j starts at input frame j * stride).
 
 Inside the convolutional networks, every length-changing piece takes and returns `(x, lengths)` (as
 torchaudio's wav2vec2 components do): `ConvBlock(h, lengths) -> (h, lengths)`, and `ConvStack`, the blocks
@@ -213,15 +214,17 @@ class FrameHead(nn.Module):
         return self.classify(x)
 
     def pool(self, logits: torch.Tensor, lengths: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Clip logits from frame logits (batch, time, classes) over valid frames; `x` (the frames' features)
-        is needed by attention pooling."""
+        """Clip logits (float32) from frame logits (batch, time, classes) over valid frames; `x` (the frames'
+        features) is needed by attention pooling. In float32 also under mixed precision: in bf16 or fp16
+        1 - 1e-6 rounds to 1, and linear-softmax's logit of a confident clip would be infinite."""
+        logits = logits.float()
         mask = frame_mask(lengths.to(logits.device), logits.shape[1]).unsqueeze(-1)  # (batch, time, 1)
         if self.pooling == "max":
             return logits.masked_fill(~mask, torch.finfo(logits.dtype).min).amax(1)
         if self.pooling == "mean":
             return logits.masked_fill(~mask, 0.0).sum(1) / lengths.clamp(min=1).unsqueeze(-1).to(logits.dtype)
         if self.pooling == "attention":
-            weights = self.attend(x).masked_fill(~mask, torch.finfo(logits.dtype).min).softmax(dim=1)
+            weights = self.attend(x).float().masked_fill(~mask, torch.finfo(logits.dtype).min).softmax(dim=1)
             return (weights * logits).sum(1)
         probs = torch.sigmoid(logits).masked_fill(~mask, 0.0)
         clip = (probs * probs).sum(1) / probs.sum(1).clamp(min=1e-7)
@@ -440,6 +443,12 @@ class ConvStack(nn.Module):
     def output_lengths(self, lengths):
         """Valid frames after the last block for inputs of `lengths` frames (an int or a tensor (batch,))."""
         return (self.block_lengths(lengths) or [lengths])[-1]
+
+    def time_stride(self) -> int:
+        """Input frames per output frame (the product of the blocks' strides and pools), read off the length
+        formula on a long input, where the rounding of short ones cannot blur it."""
+        long = 1 << 24
+        return max(1, round(long / self.output_lengths(long)))
 
     def min_input_frames(self) -> int:
         """The fewest input frames that keep at least one frame after every block."""
