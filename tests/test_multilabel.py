@@ -302,3 +302,35 @@ def test_events_must_match_the_rows_labels_and_cannot_have_segments(tmp_path):
     (tmp_path / "manifest.csv").write_text("path,labels,start,end\nc1.wav,high,0.0,0.5\n")
     with pytest.raises(DataError, match=r"a segment \(start/end\) with data.events"):
         manifest(tmp_path, events="events.tsv").scan()
+
+
+@pytest.mark.slow
+def test_cross_validation_of_a_multilabel_experiment_summarizes_map(tmp_path):
+    proc = run_entry(
+        "audio_cls.cv",
+        "experiment=fsdd_mix_tagging",
+        f"data.root={tmp_path / 'mix'}",
+        "data.clips={train: 40, val: 10, test: 10}",
+        "cv.folds=2",
+        "model.channels=[16,16,16]",
+        "trainer.max_epochs=1",
+        "logger=none",
+        f"hydra.run.dir={tmp_path / 'cv'}",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with (tmp_path / "cv" / "cv_results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["fold"] for r in rows] == ["0", "1", "mean", "std"]
+    assert {"test/mAP", "val/mAP_best"} <= set(rows[0]) and 0 <= float(rows[2]["test/mAP"]) <= 1
+
+
+def test_cross_validation_folds_stay_balanced_when_label_sets_are_unique():
+    from audio_cls.data.base import multilabel_item
+    from audio_cls.data.splits import cv_folds
+
+    # Multi-label data: nearly every recording has a label set of its own. Dealt per label set from fold 0
+    # each time, all of them would land in fold 0.
+    names = [f"c{i}" for i in range(8)]
+    items = [multilabel_item(f"/x/{n}.wav", [names[n % 8], names[(n * 3 + 1) % 8]]) for n in range(40)]
+    sizes = [len(fold) for _, fold in cv_folds(items, "files", 4, seed=0)]
+    assert max(sizes) - min(sizes) <= 1, sizes

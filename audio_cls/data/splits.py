@@ -200,10 +200,13 @@ def cv_folds(items: list, scheme: str, num_folds: int, seed: int, root: Path | N
         by_label = defaultdict(lambda: defaultdict(list))
         for it in items:
             by_label[it.label][unit_of(it, False, root)].append(it)
+        # One deal over all labels, each label's units in a row: every label is spread evenly over the folds,
+        # and labels with a single unit (common for the label sets of multi-label data) do not all land in fold 0.
+        dealt = 0
         for label in sorted(by_label):
-            units = sorted(by_label[label], key=lambda u: unit_hash(seed, u))
-            for i, unit in enumerate(units):
-                folds[i % num_folds] += by_label[label][unit]
+            for unit in sorted(by_label[label], key=lambda u: unit_hash(seed, u)):
+                folds[dealt % num_folds] += by_label[label][unit]
+                dealt += 1
     return [(f"fold {i}", fold) for i, fold in enumerate(folds)]
 
 
