@@ -35,6 +35,7 @@ from audio_cls.data.splits import (
     cv_scheme,
     cv_split,
     duplicates_across_splits,
+    labels_of,
     shared_groups,
 )
 from audio_cls.errors import ConfigError, DataError
@@ -228,11 +229,6 @@ class CachedFeatureDataset(AudioDataset):
     def inputs(self, index: int) -> torch.Tensor:
         x = self.normalized[index] if self.normalized is not None else self._normalize(self.cached[index], True)
         return (self.spec_augment(x) if self.spec_augment is not None else x)[0]
-
-
-def labels_of(item: Item) -> tuple[str, ...]:
-    """The classes heard in an item: its label set (multi-label data), else its one label."""
-    return item.labels if item.labels is not None else (item.label,)
 
 
 def crop_or_pad(x: torch.Tensor, length: int, random_crop: bool) -> torch.Tensor:

@@ -36,6 +36,11 @@ SPLIT_BY = ("auto", "group", "file")
 CV_SCHEMES = ("auto", "folds", "groups", "logo", "files")
 
 
+def labels_of(item) -> tuple[str, ...]:
+    """The classes heard in an item: its label set (multi-label data), else its one label."""
+    return item.labels if getattr(item, "labels", None) is not None else (item.label,)
+
+
 def unit_hash(seed: int, unit: str) -> float:
     """A number in [0, 1) fixed by (seed, unit): the same on every machine and Python run."""
     digest = hashlib.sha1(f"{seed}/{unit}".encode()).hexdigest()
@@ -94,11 +99,14 @@ def carve(
         out[target] += [it for it in out[source] if unit[id(it)] in units]
         out[source] = [it for it in out[source] if unit[id(it)] not in units]
 
-    stranded = sorted({it.label for it in items} - {it.label for it in out["train"]})
+    def classes(split: list) -> set:  # by class, not by label set: multi-label sets are mostly unique
+        return {name for it in split for name in labels_of(it)}
+
+    stranded = sorted(classes(items) - classes(out["train"]))
     if stranded:
         # Whole units return to training, so a group-disjoint split stays group-disjoint: a speaker's
         # recordings of other classes come back with those of the stranded class.
-        back = {unit[id(it)] for name in fractions for it in out[name] if it.label in stranded}
+        back = {unit[id(it)] for name in fractions for it in out[name] if set(labels_of(it)) & set(stranded)}
         log.warning(
             "%d classes have too few %s to give some to %s; all of theirs stay in training: %s%s",
             len(stranded),
@@ -113,9 +121,9 @@ def carve(
         if fraction > 0 and not out[name]:
             # Small data can leave a split empty by chance: it takes the training unit of lowest hash
             # whose departure leaves every class in training.
-            classes = {it.label for it in out["train"]}
+            kept = classes(out["train"])
             for candidate in sorted({unit[id(it)] for it in out["train"]}, key=hashes.get):
-                if {it.label for it in out["train"] if unit[id(it)] != candidate} == classes:
+                if classes([it for it in out["train"] if unit[id(it)] != candidate]) == kept:
                     log.info("%s: no unit hashed into it; it takes %s", name, candidate)
                     move({candidate}, "train", name)
                     break
