@@ -159,6 +159,11 @@ class WaveformAugment(nn.Module):
     def active(self) -> bool:
         return len(self.steps) > 0
 
+    @property
+    def shifts(self) -> bool:
+        """Whether it moves the audio in time (which event times would then not follow)."""
+        return any(isinstance(step, RandomShift) for step in self.steps)
+
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """(samples,) -> (samples,)"""
         for step in self.steps:

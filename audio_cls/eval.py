@@ -26,9 +26,8 @@ from audio_cls import CONF_DIR
 from audio_cls.checkpoints import TRUSTED_MODULES, check_targets, load_model
 from audio_cls.config_checks import check_config
 from audio_cls.errors import ConfigError, DataError
-from audio_cls.model.layers import has_frame_head
 from audio_cls.runs import instantiate_group, run_task, scalar_metrics
-from audio_cls.sed import evaluate_detection
+from audio_cls.sed import test_detection
 from audio_cls.train import check_shortest_input
 
 log = logging.getLogger(__name__)
@@ -68,14 +67,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks), logger=instantiate_group(cfg.logger))
     trainer.test(module, datamodule=datamodule)
     log.info("Test results per class:\n%s", module.per_class_table())
-    detection = {}
-    if module.multilabel and datamodule.has_events and has_frame_head(module.net):
-        task_cfg = module.hparams.config.get("task") or {}
-        found = evaluate_detection(
-            module, datamodule, "test", task_cfg.get("frame_threshold", 0.5), task_cfg.get("median_frames", 1)
-        )
-        detection = {f"test/{k}": v for k, v in found.items() if k != "per_class"}
-        log.info("Sound event detection (test): %s", ", ".join(f"{k}={v:.4f}" for k, v in detection.items()))
+    detection = test_detection(module, datamodule)
     return {
         **scalar_metrics(trainer.callback_metrics),
         **detection,

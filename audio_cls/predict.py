@@ -128,10 +128,8 @@ def write_outputs(output_dir: Path, classifier: Classifier, results: list, cfg: 
                 *([source.label or ""] if labelled else []),
                 "ok" if pred else "error",
             ]
-            if pred and classifier.multilabel:
-                row.append(";".join(f"{label}:{score:.4f}" for label, score in pred.detected))
-            elif classifier.multilabel:
-                row.append("")
+            if classifier.multilabel:
+                row.append(";".join(f"{label}:{score:.4f}" for label, score in pred.detected) if pred else "")
             if pred:
                 for label, prob in zip(pred.labels, pred.probabilities):
                     row += [label, f"{prob:.6f}"]

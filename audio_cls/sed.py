@@ -15,6 +15,7 @@ sed_metrics needs the optional `sed` extra: pip install -e '.[sed]'.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Sequence
 
@@ -22,6 +23,8 @@ import numpy as np
 from scipy.ndimage import median_filter
 
 from audio_cls.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # An event: (onset s, offset s, label, score); a reference event: (onset s, offset s, label).
 Event = tuple[float, float, str, float]
@@ -277,6 +280,28 @@ def detection_scores(module, datamodule, split: str) -> tuple[dict[str, np.ndarr
                 scores[path] = row[:n]
     module.train(was_training)
     return scores, hop
+
+
+def test_detection(module, datamodule) -> dict:
+    """After testing: `evaluate_detection` on the test split with the training run's task settings, as
+    metrics ({"test/segment_f1": ..., "test/events_per_class": {...}}); {} unless the model detects events
+    (multi-label, a frame head) and the data has event times."""
+    from audio_cls.model.layers import has_frame_head
+
+    if not (module.multilabel and datamodule.has_events and has_frame_head(module.net)):
+        return {}
+    task = module.hparams.config.get("task") or {}
+    found = evaluate_detection(
+        module, datamodule, "test", task.get("frame_threshold", 0.5), task.get("median_frames", 1)
+    )
+    log.info(
+        "Sound event detection (test): segment F1 %.4f (1 s segments), event F1 %.4f (200 ms collar), PSDS1 %.4f",
+        found["segment_f1"],
+        found["event_f1"],
+        found["psds1"],
+    )
+    per_class = found.pop("per_class")
+    return {**{f"test/{k}": v for k, v in found.items()}, "test/events_per_class": per_class}
 
 
 def evaluate_detection(

@@ -23,7 +23,7 @@ from audio_cls.errors import ConfigError
 from audio_cls.model.layers import has_frame_head
 from audio_cls.module import AudioClassifier
 from audio_cls.runs import instantiate_group, log_hparams, run_task, scalar_metrics
-from audio_cls.sed import evaluate_detection
+from audio_cls.sed import test_detection
 
 log = logging.getLogger(__name__)
 
@@ -72,17 +72,10 @@ def train(cfg: DictConfig) -> dict:
         trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(scalar_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
         log.info("Test results per class:\n%s", module.per_class_table())
-        if module.multilabel and datamodule.has_events and has_frame_head(net) and trainer.is_global_zero:
-            detection = evaluate_detection(module, datamodule, "test", cfg.task.frame_threshold, cfg.task.median_frames)
-            metrics.update({f"test/{k}": v for k, v in detection.items() if k != "per_class"})
-            events_per_class = detection["per_class"]
-            log.info(
-                "Sound event detection (test): segment F1 %.4f (1 s segments), event F1 %.4f (200 ms collar), "
-                "PSDS1 %.4f",
-                detection["segment_f1"],
-                detection["event_f1"],
-                detection["psds1"],
-            )
+        if trainer.is_global_zero:
+            detection = test_detection(module, datamodule)
+            events_per_class = detection.pop("test/events_per_class", None)
+            metrics.update(detection)
     if trainer.is_global_zero:
         log_hparams(trainer.loggers, config, metrics)
         log.info("Metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))

@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from audio_cls.audio import audio_info, load_audio
-from audio_cls.augment import RandomShift, SpecAugment, WaveformAugment
+from audio_cls.augment import SpecAugment, WaveformAugment
 from audio_cls.data.splits import (
     SPLITS,
     assign_splits,
@@ -770,10 +770,7 @@ class AudioDataModule(L.LightningDataModule):
         """Strong labels are times in the recording as stored: nothing may move or cut the audio under them."""
         if not self.has_events:
             return
-        if self.num_samples is not None or (
-            self.waveform_augment is not None
-            and any(isinstance(step, RandomShift) for step in self.waveform_augment.steps)
-        ):
+        if self.num_samples is not None or (self.waveform_augment is not None and self.waveform_augment.shifts):
             raise ConfigError(
                 f"{type(self).__name__} has sound event times (strong labels), which data.duration (crops) and "
                 "augment.waveform.shift would move away from the audio: set data.duration=null and "

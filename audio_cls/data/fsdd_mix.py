@@ -41,6 +41,7 @@ import numpy as np
 import soundfile as sf
 
 from audio_cls.data.base import AudioDataModule, Item, multilabel_item
+from audio_cls.data.manifest import read_events
 from audio_cls.errors import ConfigError, DataError
 
 SPEAKERS = {"train": ("george", "jackson", "lucas", "nicolas"), "val": ("yweweler",), "test": ("theo",)}
@@ -251,16 +252,10 @@ class FSDDMix(AudioDataModule):
         synthesize(Path(self.recordings).expanduser(), self.root_path, **self.mix)
 
     def scan(self) -> list[Item]:
-        meta, tsv = self.root_path / "meta.csv", self.root_path / "events.tsv"
         if not (self.root_path / "done.json").is_file():
             raise DataError(f"data.root={self.root}: no soundscapes there yet (prepare_data makes them)")
-        events: dict[str, list[tuple[float, float, str]]] = {}
-        with tsv.open(newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f, delimiter="\t"):
-                events.setdefault(row["filename"], []).append(
-                    (float(row["onset"]), float(row["offset"]), row["event_label"])
-                )
-        with meta.open(newline="", encoding="utf-8") as f:
+        events = read_events(self.root_path / "events.tsv")
+        with (self.root_path / "meta.csv").open(newline="", encoding="utf-8") as f:
             return [
                 multilabel_item(
                     str(self.root_path / "audio" / row["filename"]),

@@ -92,23 +92,11 @@ class Manifest(AudioDataModule):
         return items
 
     def _read_events(self) -> dict[str, list[tuple[float, float, str]]]:
-        """{manifest path: [(onset, offset, label), ...]} from the DCASE TSV of `data.events`."""
         path = Path(self.events).expanduser()
         path = path if path.is_absolute() else self.root_path / path
         if not path.is_file():
             raise DataError(f"data.events={self.events}: no such file ({path})")
-        events: dict[str, list[tuple[float, float, str]]] = {}
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f, delimiter="\t")
-            if [c.strip() for c in reader.fieldnames or []] != list(EVENT_COLUMNS):
-                raise DataError(f"{path}: expected the tab-separated header {' '.join(EVENT_COLUMNS)}")
-            for line, row in enumerate(reader, start=2):
-                where = f"{path} line {line}"
-                onset, offset = parse_segment({"start": row["onset"], "end": row["offset"]}, where)
-                if onset is None or offset is None or not (row["event_label"] or "").strip():
-                    raise DataError(f"{where}: every event needs an onset, an offset and a label")
-                events.setdefault(row["filename"].strip(), []).append((onset, offset, row["event_label"].strip()))
-        return events
+        return read_events(path)
 
     def _item(self, row: dict, where: str, events: dict | None = None) -> Item | None:
         values = {k: (v or "").strip() for k, v in row.items() if k is not None}
@@ -140,19 +128,36 @@ class Manifest(AudioDataModule):
             split=SPLIT_NAMES[split.lower()] if split else None,
             fold=fold,
         )
-        if events is not None:
-            if start is not None or end is not None:
-                raise DataError(
-                    f"{where}: a segment (start/end) with data.events: event times count from the file's start"
-                )
-            labels = [x.strip() for x in values["labels"].split(";") if x.strip()] if "labels" in values else None
-            own = events.get(values["path"], [])
-            if labels is not None and (extra := sorted({lab for *_, lab in own} - set(labels))):
-                raise DataError(f"{where}: {values['path']} has events of {extra[0]!r}, which its labels do not list")
-            return multilabel_item(str(path), labels, own, **fields)
-        if "labels" in values:
-            return multilabel_item(str(path), [x.strip() for x in values["labels"].split(";") if x.strip()], **fields)
-        return Item(str(path), values["label"], **fields)
+        labels = [x.strip() for x in values["labels"].split(";") if x.strip()] if "labels" in values else None
+        if events is None:
+            return (
+                Item(str(path), values["label"], **fields)
+                if labels is None
+                else multilabel_item(str(path), labels, **fields)
+            )
+        if start is not None or end is not None:
+            raise DataError(f"{where}: a segment (start/end) with data.events: event times count from the file's start")
+        own = events.get(values["path"], [])
+        if labels is not None and (extra := sorted({lab for *_, lab in own} - set(labels))):
+            raise DataError(f"{where}: {values['path']} has events of {extra[0]!r}, which its labels do not list")
+        return multilabel_item(str(path), labels, own, **fields)
+
+
+def read_events(path: Path) -> dict[str, list[tuple[float, float, str]]]:
+    """{filename: [(onset s, offset s, label), ...]} from a DCASE strong-label file: tab-separated, with the
+    header `filename onset offset event_label`. Shared with `audio_cls.data.fsdd_mix`."""
+    events: dict[str, list[tuple[float, float, str]]] = {}
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        if [c.strip() for c in reader.fieldnames or []] != list(EVENT_COLUMNS):
+            raise DataError(f"{path}: expected the tab-separated header {' '.join(EVENT_COLUMNS)}")
+        for line, row in enumerate(reader, start=2):
+            where = f"{path} line {line}"
+            onset, offset = parse_segment({"start": row["onset"], "end": row["offset"]}, where)
+            if onset is None or offset is None or not (row["event_label"] or "").strip():
+                raise DataError(f"{where}: every event needs an onset, an offset and a label")
+            events.setdefault(row["filename"].strip(), []).append((onset, offset, row["event_label"].strip()))
+    return events
 
 
 def parse_segment(values: dict[str, str], where: str) -> tuple[float | None, float | None]:
