@@ -3,8 +3,9 @@
     path -> torch.load(weights_only=True) -> every `_target_` of the saved config checked against
          trusted modules -> feature extractor + network rebuilt from the config -> weights loaded
 
-Used by `audio_cls.eval`, `audio_cls.inference` (and so `predict` and `export`) and
-`AudioClassifier.from_checkpoint`. Every way a file can fail is one ConfigError naming the file.
+Used by `audio_cls.eval`, `audio_cls.inference` (and so `predict` and `export`),
+`AudioClassifier.from_checkpoint`, and `audio_cls.transfer` (a run started from a trained model). Every way
+a file can fail is one ConfigError naming the file.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def load_model(
         check_targets(node, key, path, trusted_modules)
 
     try:
-        features = instantiate({k: v for k, v in config["features"].items() if k not in MOVED_FEATURE_KEYS})
+        features = instantiate(features_config(config))
         net = instantiate(config["model"], in_features=features.num_features, num_classes=len(hparams["class_names"]))
         model = module_class(net=net, features=features, **hparams)
     except Exception as err:
@@ -88,6 +89,11 @@ def load_model(
     return model
 
 
+def features_config(config: dict) -> dict:
+    """The feature extractor's config of a checkpoint's training config (keys since moved elsewhere left out)."""
+    return {k: v for k, v in config["features"].items() if k not in MOVED_FEATURE_KEYS}
+
+
 def first_line(err: BaseException) -> str:
     """The first sentence of an error message (torch's go on for a paragraph), or the error's type."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
@@ -95,6 +101,17 @@ def first_line(err: BaseException) -> str:
 
 
 def read_checkpoint(path: str, map_location) -> dict:
+    """A checkpoint of audio_cls.train (`load_file`, then its state_dict and hyper_parameters required)."""
+    checkpoint = load_file(path, map_location)
+    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
+        found = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ConfigError(
+            f"{path}: not a checkpoint of audio_cls.train (no state_dict and hyper_parameters; found {found})"
+        )
+    return checkpoint
+
+
+def load_file(path: str, map_location) -> Any:
     """torch.load(weights_only=True) with one clear message per way a file can fail."""
     if not Path(path).is_file():
         raise ConfigError(f"{path}: no such file")
@@ -117,11 +134,6 @@ def read_checkpoint(path: str, map_location) -> dict:
             else f"corrupt, truncated or not a PyTorch file; {type(err).__name__}: {first_line(err)}"
         )
         raise ConfigError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
-    if not isinstance(checkpoint, dict) or not {"state_dict", "hyper_parameters"} <= checkpoint.keys():
-        found = sorted(checkpoint)[:5] if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ConfigError(
-            f"{path}: not a checkpoint of audio_cls.train (no state_dict and hyper_parameters; found {found})"
-        )
     return checkpoint
 
 

@@ -14,6 +14,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from audio_cls.data.splits import STRATIFY
 from audio_cls.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,8 @@ NON_NEGATIVE = (
     "augment.mixup_alpha",
     "augment.waveform.shift",
 )
+# Keys with a fixed set of values: a typo stops here, before anything is built or read.
+CHOICES = {"data.stratify": STRATIFY}
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -59,14 +62,49 @@ def check_config(cfg: DictConfig) -> None:
         node = config.get(group)
         if isinstance(node, dict) and "_target_" in node:
             check_types(node, group)
+    check_front_end(config)
     task, loss = config.get("task") or {}, config.get("loss") or {}
     if task.get("name") == "multilabel" and str(loss.get("_target_", "")).endswith("CrossEntropyLoss"):
         raise ConfigError("task=multilabel needs a sigmoid loss (loss=bce or loss=focal), not cross entropy")
+    from audio_cls.module import THRESHOLD_MODES
+
+    for key in ("thresholds", "frame_thresholds"):
+        if key in task and task[key] not in THRESHOLD_MODES:
+            raise ConfigError(f"task.{key}={task[key]!r}: expected one of {', '.join(THRESHOLD_MODES)}")
+    median = task.get("median_frames", 1)
+    if not isinstance(median, int) or isinstance(median, bool) or (median > 1 and median % 2 == 0):
+        raise ConfigError(f"task.median_frames={median!r}: must be an odd number of frames (a centred window), or 1")
+    from audio_cls import distill, transfer
+
+    transfer.check_settings(config)
+    distill.check_settings(config)
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and value not in choices:
+            raise ConfigError(f"{key}={value!r}: expected one of {', '.join(choices)}")
     for key in POSITIVE + NON_NEGATIVE:
         value = OmegaConf.select(cfg, key, default=None)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if value < 0 or (value == 0 and key in POSITIVE):
                 raise ConfigError(f"{key}={value}: must be {'positive' if key in POSITIVE else 'non-negative'}")
+
+
+def check_front_end(config: dict) -> None:
+    """A network that takes one front end only declares it as `takes_features` (config keys and values, e.g.
+    HFEncoder's waveform); the run's features config must have them."""
+    model, features = config.get("model") or {}, config.get("features") or {}
+    try:
+        target = get_object(model["_target_"])
+    except Exception:
+        return  # check_types has said why
+    wanted = getattr(target, "takes_features", None) or {}
+    for key, value in wanted.items():
+        if features.get(key) != value:
+            settings = ", ".join(f"{k}={v}" for k, v in wanted.items() if k != "_target_")
+            option = getattr(target, "takes_features_option", wanted.get("_target_"))
+            raise ConfigError(
+                f"features.{key}={features.get(key)}: {target.__name__} takes only features={option} with {settings}"
+            )
 
 
 def check_types(node: dict, group: str) -> None:

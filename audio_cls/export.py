@@ -10,6 +10,10 @@ What is inside the graph (`frontend`):
   outside  features (batch, frames, feat) + frames (batch,) -> network -> logits, probabilities; the front
            end is then `audio_cls.features` (the checkpoint's `features` config and statistics)
   auto     inside when it exports and passes the parity check, else outside
+A sound event detection model (multi-label, with a frame head: `AudioClassifier.detects_events`) has two more outputs
+after those: frame_probabilities (batch, frames', classes) float32, the sigmoid of the frame logits, and
+frame_lengths (batch,) int64, each item's valid frames; the sidecar gives the seconds per frame and the
+settings that turn frames into events (`audio_cls.sed.events_from_scores`).
 Always outside: decoding, mixing to mono, resampling, and cutting long recordings into windows
 (`audio_cls.inference.Classifier` does those; the sidecar gives the window length).
 
@@ -18,13 +22,15 @@ ops; the older TorchScript-based ONNX exporter cannot export a complex STFT, but
 network alone that torch.export cannot capture (packed LSTM/GRU sequences). TorchScript with
 `torch.jit.trace`. Every export is checked on the spot: the exported file is run (onnxruntime, or
 torch.jit.load) on random batches of other shapes than the example, and on real recordings with
-`check_input=PATH`, and must match the PyTorch model within `tolerance` (max abs difference).
+`check_input=PATH`, and must match the PyTorch model within `tolerance` (max abs difference; frame
+probabilities over each item's valid frames, whose counts must match exactly).
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -40,7 +46,7 @@ from audio_cls import CONF_DIR
 from audio_cls.errors import ConfigError
 from audio_cls.features import FeatureExtractor
 from audio_cls.inference import Classifier, InferenceGraph, collect_sources, extract
-from audio_cls.module import AudioClassifier
+from audio_cls.module import AudioClassifier, frame_hop
 from audio_cls.runs import run_task, write_json
 
 log = logging.getLogger(__name__)
@@ -48,6 +54,24 @@ log = logging.getLogger(__name__)
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 FRONTENDS = ("auto", "inside", "outside")
 OUTPUT_NAMES = ("logits", "probabilities")
+FRAME_OUTPUT_NAMES = ("frame_probabilities", "frame_lengths")  # after OUTPUT_NAMES, sound event detection only
+
+
+class FrameGraph(InferenceGraph):
+    """InferenceGraph of a sound event detection model: the clip outputs, then the frames' -> (logits,
+    probabilities (sigmoid), frame_probabilities (batch, frames', classes) (sigmoid of the frame logits),
+    frame_lengths (batch,) int64 valid frames)."""
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.features is not None:
+            inputs, lengths = extract(self.features, inputs, lengths)
+        logits, frame_logits, frame_lengths = self.net.forward_frames(inputs, lengths)
+        return logits, torch.sigmoid(logits), torch.sigmoid(frame_logits), frame_lengths.to(torch.int64)
+
+
+def inference_graph(module: AudioClassifier, features: FeatureExtractor | None, net: nn.Module) -> InferenceGraph:
+    """The graph that is exported (and its PyTorch reference): with the frame outputs for a SED model."""
+    return (FrameGraph if module.detects_events else InferenceGraph)(features, net, module.multilabel)
 
 
 class BlockMaxPool(nn.Module):
@@ -110,6 +134,11 @@ class Exported:
     exporter: str
     frontend_inside: bool
     min_length: int  # shortest time axis (samples inside, frames outside) the graph accepts
+    frame_outputs: bool = False  # sound event detection: frame_probabilities and frame_lengths after the rest
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return OUTPUT_NAMES + (FRAME_OUTPUT_NAMES if self.frame_outputs else ())
 
 
 def export_graph(
@@ -123,9 +152,11 @@ def export_graph(
 ) -> Exported:
     """Export the model (with or without its front end) with one exporter; raises on failure."""
     features = module.features.eval()
-    graph = InferenceGraph(
-        features if frontend_inside else None, exportable_copy(module.net, exporter == "dynamo"), module.multilabel
+    graph = inference_graph(
+        module, features if frontend_inside else None, exportable_copy(module.net, exporter == "dynamo")
     )
+    frames = isinstance(graph, FrameGraph)
+    outputs = OUTPUT_NAMES + (FRAME_OUTPUT_NAMES if frames else ())
     waves = torch.randn(2, example_samples) * 0.1
     lengths = torch.tensor([example_samples, max(min_samples, example_samples * 3 // 4)])
     with torch.no_grad():
@@ -137,7 +168,7 @@ def export_graph(
         warnings.simplefilter("ignore")
         if fmt == "torchscript":
             torch.jit.trace(graph, inputs).save(str(path))
-            return Exported(path, fmt, "torch.jit.trace", frontend_inside, python_min)
+            return Exported(path, fmt, "torch.jit.trace", frontend_inside, python_min, frames)
         names = graph.input_names
         if exporter == "dynamo":
             program = torch.onnx.export(
@@ -148,30 +179,32 @@ def export_graph(
                 external_data=False,
                 verbose=False,
                 input_names=list(names),
-                output_names=list(OUTPUT_NAMES),
+                output_names=list(outputs),
                 dynamic_shapes={
                     "inputs": {0: torch.export.Dim.AUTO, 1: torch.export.Dim.AUTO},
                     "lengths": {0: torch.export.Dim.AUTO},
                 },
             )
             bound = _exported_min_length(program.exported_program)
-            return Exported(path, fmt, "torch.onnx.export(dynamo=True)", frontend_inside, max(python_min, bound))
+            dynamo = "torch.onnx.export(dynamo=True)"
+            return Exported(path, fmt, dynamo, frontend_inside, max(python_min, bound), frames)
         torch.onnx.export(
             graph,
             inputs,
             str(path),
             dynamo=False,
             input_names=list(names),
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(outputs),
             opset_version=17,
             dynamic_axes={
                 names[0]: {0: "batch", 1: "time"},
                 names[1]: {0: "batch"},
                 "logits": {0: "batch"},
                 "probabilities": {0: "batch"},
+                **({"frame_probabilities": {0: "batch", 1: "frames"}, "frame_lengths": {0: "batch"}} if frames else {}),
             },
         )
-        return Exported(path, fmt, "torch.onnx.export(dynamo=False)", frontend_inside, python_min)
+        return Exported(path, fmt, "torch.onnx.export(dynamo=False)", frontend_inside, python_min, frames)
 
 
 def _exported_min_length(program) -> int:
@@ -186,7 +219,8 @@ def _exported_min_length(program) -> int:
 
 
 def run_exported(exported: Exported, inputs: torch.Tensor, lengths: torch.Tensor) -> list[np.ndarray]:
-    """Run the exported file (onnxruntime, or torch.jit.load) -> [logits, probabilities]."""
+    """Run the exported file (onnxruntime, or torch.jit.load) -> [logits, probabilities] (and, with frame
+    outputs, frame_probabilities, frame_lengths)."""
     if exported.format == "torchscript":
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in torch 2.11
@@ -195,7 +229,8 @@ def run_exported(exported: Exported, inputs: torch.Tensor, lengths: torch.Tensor
 
     session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
-    return session.run(list(OUTPUT_NAMES), {names[0]: inputs.numpy(), names[1]: lengths.numpy().astype(np.int64)})
+    feeds = {names[0]: inputs.numpy(), names[1]: lengths.numpy().astype(np.int64)}
+    return session.run(list(exported.output_names), feeds)
 
 
 def random_batches(example_samples: int, min_samples: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -223,22 +258,57 @@ def real_batch(classifier: Classifier, spec: str, limit: int = 16) -> tuple[torc
 def parity(module: AudioClassifier, exported: Exported, batches: dict[str, list]) -> dict[str, dict[str, float]]:
     """Max abs difference of logits and probabilities between the exported file and the PyTorch model,
     per kind of input ("random", "real"). The reference is the original network (with its nn.MaxPool)
-    on the same inputs: waveforms with the front end inside, else features from the PyTorch front end."""
-    reference = InferenceGraph(
-        module.features if exported.frontend_inside else None, module.net, module.multilabel
-    ).eval()
+    on the same inputs: waveforms with the front end inside, else features from the PyTorch front end.
+    With frame outputs also frame_probabilities, over each item's valid frames only (the rest is padding),
+    and frame_lengths (in frames; anything but 0 fails the check). NaN counts as the largest difference."""
+    features = module.features if exported.frontend_inside else None
+    reference = (FrameGraph if exported.frame_outputs else InferenceGraph)(features, module.net, module.multilabel)
+    reference.eval()
     result = {}
     for kind, pairs in batches.items():
-        diffs = {name: 0.0 for name in OUTPUT_NAMES}
+        diffs = {name: 0.0 for name in exported.output_names}
         for waves, lengths in pairs:
             with torch.no_grad():
                 inputs = (waves, lengths) if exported.frontend_inside else extract(module.features, waves, lengths)
                 inputs = _at_least(*inputs, exported.min_length)
-                expected = reference(*inputs)
-            for name, want, have in zip(OUTPUT_NAMES, expected, run_exported(exported, *inputs)):
-                diffs[name] = max(diffs[name], float(np.abs(want.numpy() - have).max()))
+                expected = [t.numpy() for t in reference(*inputs)]
+            got = run_exported(exported, *inputs)
+            for name, want, have in zip(OUTPUT_NAMES, expected, got):
+                diffs[name] = _larger(diffs[name], _max_abs_diff(want, have))
+            if exported.frame_outputs:
+                frames, lengths_off = _frame_diffs(*expected[2:], *got[2:])
+                diffs["frame_probabilities"] = _larger(diffs["frame_probabilities"], frames)
+                diffs["frame_lengths"] = _larger(diffs["frame_lengths"], lengths_off)
         result[kind] = diffs
     return result
+
+
+def _max_abs_diff(want: np.ndarray, have: np.ndarray) -> float:
+    if want.shape != have.shape:
+        return math.inf
+    return float(np.abs(want - have).max()) if want.size else 0.0
+
+
+def _larger(a: float, b: float) -> float:
+    """max(a, b), with NaN the largest (Python's max keeps its first argument when the other is NaN)."""
+    return b if math.isnan(b) or b > a else a
+
+
+def _frame_diffs(
+    want: np.ndarray, want_lengths: np.ndarray, have: np.ndarray, have_lengths: np.ndarray
+) -> tuple[float, float]:
+    """Max abs difference of frame probabilities (batch, frames, classes) over each item's valid frames (the
+    reference's lengths), and of the frame lengths; inf where the shapes cannot be compared."""
+    want_lengths, have_lengths = np.asarray(want_lengths), np.asarray(have_lengths)
+    if want_lengths.shape != have_lengths.shape:
+        return math.inf, math.inf
+    lengths_off = float(np.abs(want_lengths.astype(np.int64) - have_lengths.astype(np.int64)).max(initial=0))
+    valid = int(want_lengths.max(initial=0))
+    if have.shape[0] != want.shape[0] or have.shape[2:] != want.shape[2:] or have.shape[1] < valid:
+        return math.inf, lengths_off
+    mask = np.arange(valid)[None, :] < want_lengths[:, None]  # (batch, valid frames)
+    diff = np.abs(want[:, :valid] - have[:, :valid])[mask]
+    return (float(diff.max()) if diff.size else 0.0), lengths_off
 
 
 def _at_least(x: torch.Tensor, lengths: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,13 +362,30 @@ def export_checked(
             failures.append(f"{what}: {type(err).__name__}: {_short(err)}")
             log.info("Export of the %s failed: %s", what, failures[-1])
             continue
-        worst = max(max(d.values()) for d in diffs.values())
-        if worst <= tolerance:
+        reason = parity_failure(diffs, tolerance)
+        if reason is None:
             return exported, diffs, failures
-        failures.append(f"{what}: max abs difference {worst:.2e} > tolerance {tolerance:g}")
+        failures.append(f"{what}: {reason}")
         log.info("Export of the %s failed the parity check: %s", what, failures[-1])
     path.unlink(missing_ok=True)
     raise ConfigError(f"format={fmt} frontend={frontend}: no export passed: " + "; ".join(failures))
+
+
+def parity_failure(diffs: dict[str, dict[str, float]], tolerance: float) -> str | None:
+    """Why `parity`'s differences fail the check, or None when they pass: every output within `tolerance`
+    (NaN never is), and the frame lengths equal whatever the tolerance."""
+    worst, lengths_off = 0.0, 0.0
+    for d in diffs.values():
+        for name, value in d.items():
+            if name == "frame_lengths":
+                lengths_off = _larger(lengths_off, value)
+            else:
+                worst = _larger(worst, value)
+    if lengths_off != 0:
+        return f"frame lengths differ from the PyTorch model's by up to {lengths_off:g}"
+    if not worst <= tolerance:
+        return f"max abs difference {worst:.2e} > tolerance {tolerance:g}"
+    return None
 
 
 def _short(err: BaseException) -> str:
@@ -320,7 +407,8 @@ def sidecar(
         f"{features} front end ({_front_end_parts(classifier.features)})",
         f"normalization: {classifier.features.normalize}",
         f"{net} network",
-        "sigmoid per class" if classifier.multilabel else "softmax",
+        ("sigmoid per class" if classifier.multilabel else "softmax")
+        + (" (of the clip logits and of the frame logits)" if exported.frame_outputs else ""),
     ]
     if exported.frontend_inside:
         inputs = {
@@ -340,6 +428,13 @@ def sidecar(
         if classifier.window
         else "pass recordings whole (training used whole recordings)"
     )
+    outputs = {
+        "logits": "float32 (batch, num_classes)",
+        "probabilities": "float32 (batch, num_classes): "
+        + ("sigmoid of logits (multi-label)" if classifier.multilabel else "softmax of logits"),
+    }
+    if exported.frame_outputs:
+        outputs.update(frame_outputs())
     return {
         "file": exported.path.name,
         "format": exported.format,
@@ -352,13 +447,10 @@ def sidecar(
         "hop_s": classifier.hop_s,
         "frontend_inside": exported.frontend_inside,
         "inputs": inputs,
-        "outputs": {
-            "logits": "float32 (batch, num_classes)",
-            "probabilities": "float32 (batch, num_classes): "
-            + ("sigmoid of logits (multi-label)" if classifier.multilabel else "softmax of logits"),
-        },
+        "outputs": outputs,
         # multi-label: a class is detected when its probability reaches its threshold (tuned on validation)
         "thresholds": dict(zip(classifier.class_names, classifier.thresholds)) if classifier.multilabel else None,
+        **event_settings(classifier, exported.frame_outputs),
         "min_length": exported.min_length,
         "min_length_unit": "samples" if exported.frontend_inside else "frames",
         "inside_graph": inside,
@@ -367,11 +459,55 @@ def sidecar(
             f"resampling to {classifier.sample_rate} Hz",
             window,
             *([] if exported.frontend_inside else [f"the {features} front end"]),
+            *(["events from the frame probabilities (see events)"] if exported.frame_outputs else []),
         ],
         "features": config["features"],
         "model": config["model"],
         "parity": {"max_abs_diff": diffs, "tolerance": tolerance},
         "failed_attempts": failures,
+    }
+
+
+def frame_outputs() -> dict[str, str]:
+    """The sidecar's description of a SED graph's frame outputs."""
+    return {
+        "frame_probabilities": "float32 (batch, frames, num_classes): sigmoid of the frame logits (sound event "
+        "detection); frame t of an item covers [t * frame_hop_s, (t + 1) * frame_hop_s) s of its input; frames "
+        "from frame_lengths on are padding",
+        "frame_lengths": "int64 (batch,): valid frames of each item",
+    }
+
+
+def event_settings(classifier: Classifier, frame_outputs: bool = True) -> dict:
+    """Sidecar entries of a SED model: seconds per output frame, per-class frame thresholds where the checkpoint
+    has them, and how frames become events (the training run's task settings; audio_cls.sed.events_from_scores
+    is the reference). The same keys, None, for a graph without frame outputs."""
+    if not frame_outputs:
+        return {"frame_hop_s": None, "frame_thresholds": None, "events": None}
+    hop = frame_hop(classifier.features.hop_samples / classifier.sample_rate, classifier.net)
+    settings = classifier.event_settings
+    return {
+        "frame_hop_s": hop,
+        "frame_thresholds": dict(zip(classifier.class_names, (float(t) for t in classifier.frame_thresholds))),
+        "events": {
+            "reference": "audio_cls.sed.events_from_scores(frame_probabilities[i, :frame_lengths[i]], frame_hop_s, "
+            "class_names, [frame_thresholds[c] for c in class_names], median_frames, min_duration_s, min_gap_s)",
+            "input": "one recording whole (a batch of one, zero-padded to min_length), not windows; its "
+            "frame_probabilities up to frame_lengths",
+            "median_frames": int(settings.get("median_frames", 1)),
+            "min_duration_s": float(settings.get("min_duration", 0.0)),
+            "min_gap_s": float(settings.get("min_gap", 0.0)),
+            "steps": [
+                "median-filter each class's frame probabilities along time over median_frames frames (odd; 1: "
+                "none; the edge frames repeated)",
+                "a frame is active for a class where its filtered probability >= the class's frame threshold "
+                "(frame_thresholds)",
+                "each run of active frames a..b-1 is an event from a * frame_hop_s to b * frame_hop_s s, scored "
+                "with the largest filtered probability inside it",
+                "events of a class less than min_gap_s apart are merged; events shorter than min_duration_s are "
+                "dropped",
+            ],
+        },
     }
 
 
@@ -420,10 +556,7 @@ def export(cfg: DictConfig) -> dict:
     )
     print(
         f"{exported.path} ({exported.exporter}; inside the graph: {', '.join(info['inside_graph'])})\n"
-        f"parity with PyTorch, max abs difference: "
-        + ", ".join(
-            f"{kind} {d['probabilities']:.2e} (probabilities) {d['logits']:.2e} (logits)" for kind, d in diffs.items()
-        )
+        f"parity with PyTorch, max abs difference: " + ", ".join(_parity_line(kind, d) for kind, d in diffs.items())
     )
     return {
         "model": str(exported.path),
@@ -432,6 +565,13 @@ def export(cfg: DictConfig) -> dict:
         "frontend_inside": exported.frontend_inside,
         **{f"parity/{kind}/{name}": value for kind, d in diffs.items() for name, value in d.items()},
     }
+
+
+def _parity_line(kind: str, d: dict[str, float]) -> str:
+    line = f"{kind} {d['probabilities']:.2e} (probabilities) {d['logits']:.2e} (logits)"
+    if "frame_probabilities" in d:
+        line += f" {d['frame_probabilities']:.2e} (frame probabilities) {d['frame_lengths']:g} (frame lengths)"
+    return line
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")

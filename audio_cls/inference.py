@@ -27,7 +27,6 @@ from audio_cls.checkpoints import load_model
 from audio_cls.data.manifest import parse_segment
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.features import FeatureExtractor
-from audio_cls.model.layers import has_frame_head
 from audio_cls.module import AudioClassifier, frame_hop
 
 log = logging.getLogger(__name__)
@@ -133,8 +132,8 @@ class Classifier:
         batch_size: windows per forward pass.
         device: "cpu", "cuda", "cuda:1", ...; "auto" picks a GPU when there is one.
         frame_threshold, median_frames, min_duration, min_gap: how frame scores become events (networks with a
-            frame head; `audio_cls.sed.events_from_scores`), always over the whole recording; None: the training
-            run's task.frame_threshold / task.median_frames.
+            frame head; `audio_cls.sed.events_from_scores`), always over the whole recording; None: the
+            checkpoint's frame thresholds (per class, tuned on validation) and the training run's task.median_frames.
     """
 
     def __init__(
@@ -172,9 +171,12 @@ class Classifier:
         self.multilabel = bool(getattr(module, "multilabel", False))
         self.thresholds = module.thresholds.tolist() if self.multilabel else None
         self.graph = InferenceGraph(self.features, self.net, self.multilabel)
-        self.detects_events = self.multilabel and has_frame_head(self.net)
+        self.detects_events = module.detects_events
         task = config.get("task") or {}  # the training run's settings where not given
-        self.frame_threshold = task.get("frame_threshold", 0.5) if frame_threshold is None else frame_threshold
+        # Frame thresholds: the checkpoint's (tuned on validation, per class), unless one is given for all.
+        self.frame_thresholds = module.frame_thresholds.tolist() if self.detects_events else None
+        if frame_threshold is not None and self.detects_events:
+            self.frame_thresholds = [float(frame_threshold)] * len(self.class_names)
         median_frames = task.get("median_frames", 1) if median_frames is None else median_frames
         self.event_settings = dict(median_frames=median_frames, min_duration=min_duration, min_gap=min_gap)
         self.min_samples = minimum_samples(self.features, self.net)
@@ -349,7 +351,7 @@ class Classifier:
         from audio_cls.sed import events_from_scores
 
         probs, hop = self.frame_probabilities(wave)
-        return events_from_scores(probs.numpy(), hop, self.class_names, self.frame_threshold, **self.event_settings)
+        return events_from_scores(probs.numpy(), hop, self.class_names, self.frame_thresholds, **self.event_settings)
 
     def _windows(self, wave: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
         """(count, window) windows `hop` apart covering the whole recording; the last one is zero-padded."""

@@ -7,7 +7,8 @@ Multi-label (task=multilabel): targets are multi-hot (B, C), the loss a sigmoid 
 metrics mAP (the headline), AUROC and F1 at decision thresholds that every validation tunes per class
 (maximizing F1) and the checkpoint keeps (`thresholds`). Sound event detection: with strong labels
 (batch["events"]) and a network with a frame head (`has_frame_head`), frame logits are trained on frame
-targets built from the event times as well.
+targets built from the event times as well, and every validation tunes the frame thresholds
+(`frame_thresholds`) on the median-filtered frame scores of its recordings, which the checkpoint keeps too.
 
 Loss, optimizer and scheduler arrive as Hydra configs (`{"_target_": ...}`) or as callables.
 Configs are stored in the checkpoint as plain data, which keeps checkpoints loadable with
@@ -22,6 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from torch import nn
@@ -34,6 +36,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
     MultilabelAUROC,
     MultilabelAveragePrecision,
+    MultilabelPrecisionRecallCurve,
 )
 from torchmetrics.functional.classification import (
     binary_precision_recall_curve,
@@ -43,7 +46,7 @@ from torchmetrics.functional.classification import (
 from audio_cls.augment import mixup
 from audio_cls.errors import ConfigError, TrainingDiverged
 from audio_cls.features import FeatureExtractor, frame_mask
-from audio_cls.model.layers import has_frame_head
+from audio_cls.model.layers import backbone, has_frame_head
 
 Spec = Mapping | Callable
 
@@ -72,6 +75,15 @@ class AudioClassifier(L.LightningModule):
             class's F1), "global" (one, tuned for macro F1) or "fixed" (`threshold` for every class).
         frame_seconds: seconds per input frame (the extractor's hop), to place event times on frames.
         frame_loss_weight: weight of the frame-level loss (strong labels) beside the clip-level one.
+        frame_thresholds: sound event detection's frame thresholds, as `thresholds` but tuned for frame-level
+            F1 on the validation recordings' frame scores after the median filter; "fixed": `frame_threshold`.
+        frame_threshold: the fixed frame threshold, and the start before the first validation.
+        median_frames: the median filter (frames, odd; 1: none) that turns frame scores into events.
+        backbone_lr_scale: the learning rate of the network's backbone (every part but its `head`) relative to
+            the optimizer's; other than 1, the backbone is a second param group, which the scheduler scales too.
+        distill_alpha, distill_temperature: knowledge distillation, once `set_teacher` gave the teacher's outputs:
+            the loss is alpha * loss(labels) + (1 - alpha) * T^2 * KL(teacher || student) at temperature T
+            (audio_cls/distill.py).
 
     Training metrics stay off the hot path: loss, accuracy and the padding share of the batches are summed
     on the device as they come and logged once per epoch (train/loss, train/acc, train/padding_share);
@@ -96,12 +108,22 @@ class AudioClassifier(L.LightningModule):
         threshold: float = 0.5,
         frame_seconds: float | None = None,
         frame_loss_weight: float = 1.0,
+        frame_thresholds: str = "per_class",
+        frame_threshold: float = 0.5,
+        median_frames: int = 1,
+        backbone_lr_scale: float = 1.0,
+        distill_alpha: float = 0.5,
+        distill_temperature: float = 4.0,
     ):
         super().__init__()
         if mixup_alpha < 0:
             raise ConfigError(f"augment.mixup_alpha={mixup_alpha}: must be >= 0 (0 switches mixup off)")
         if thresholds not in THRESHOLD_MODES:
             raise ConfigError(f"task.thresholds={thresholds!r}: expected one of {', '.join(THRESHOLD_MODES)}")
+        if frame_thresholds not in THRESHOLD_MODES:
+            raise ConfigError(
+                f"task.frame_thresholds={frame_thresholds!r}: expected one of {', '.join(THRESHOLD_MODES)}"
+            )
         self.save_hyperparameters(ignore=["net", "features"], logger=False)
         self.net = net
         # A copy: moving this module to a device must not move the datamodule's CPU extractor.
@@ -109,8 +131,11 @@ class AudioClassifier(L.LightningModule):
         self.class_names = list(class_names)
         self.criterion = self._build_loss(loss)
         self.multilabel = multilabel
+        # Distillation: the teacher's log probabilities at the temperature, one row per training item (set_teacher);
+        # not saved with the weights (the student needs no teacher to predict).
+        self.register_buffer("teacher_log_probs", None, persistent=False)
         if multilabel:
-            self._init_multilabel(len(class_names), threshold)
+            self._init_multilabel(len(class_names), threshold, frame_threshold)
             return
 
         num_classes = len(class_names)
@@ -137,7 +162,7 @@ class AudioClassifier(L.LightningModule):
         self.test_confusion_matrix: list[list[int]] | None = None
         self.test_per_class: dict[str, dict[str, float]] | None = None
 
-    def _init_multilabel(self, num_classes: int, threshold: float) -> None:
+    def _init_multilabel(self, num_classes: int, threshold: float, frame_threshold: float) -> None:
         metrics = MetricCollection(
             {
                 "mAP": MultilabelAveragePrecision(num_classes, average="macro"),
@@ -152,6 +177,11 @@ class AudioClassifier(L.LightningModule):
         self.test_ap = MultilabelAveragePrecision(num_classes, average=None)
         # Decision thresholds, tuned on validation and saved with the weights (eval, predict and export use them).
         self.register_buffer("thresholds", torch.full((num_classes,), float(threshold)))
+        # Sound event detection: frame thresholds likewise; a binned precision-recall curve of the validation
+        # frames (constant memory however long the recordings, summed across processes).
+        self.register_buffer("frame_thresholds", torch.full((num_classes,), float(frame_threshold)))
+        self.val_frame_curve = MultilabelPrecisionRecallCurve(num_classes, thresholds=FRAME_THRESHOLD_GRID)
+        self.register_load_state_dict_pre_hook(_keep_fixed_frame_thresholds)
         self._scores: list[tuple[torch.Tensor, torch.Tensor]] = []  # this validation's / test's (probs, targets)
         self.test_confusion_matrix = None
         self.test_per_class = None
@@ -169,6 +199,18 @@ class AudioClassifier(L.LightningModule):
             if value is not None:
                 kwargs[key] = torch.tensor(value, dtype=torch.float32)
         return instantiate(loss, **kwargs)
+
+    def set_teacher(self, log_probs: torch.Tensor) -> None:
+        """Distill from a teacher: its log softmax(logits / distill_temperature) (items, classes), one row per item
+        of the training split in order (`audio_cls.distill.teacher_log_probs`); batches carry `index`."""
+        if self.multilabel:
+            raise ConfigError("distill.teacher: distillation is for single-label models (task=multiclass)")
+        self.teacher_log_probs = log_probs.float()
+
+    @property
+    def detects_events(self) -> bool:
+        """A sound event detection model: multi-label, and its network has a frame head."""
+        return self.multilabel and has_frame_head(self.net)
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.net(inputs, lengths)
@@ -198,7 +240,8 @@ class AudioClassifier(L.LightningModule):
             logits, frame_logits, frame_lengths = self.net.forward_frames(batch["inputs"], batch["lengths"])
             seconds = frame_hop(self.hparams.frame_seconds, self.net)
             frame_targets = frame_targets_from_events(batch["events"], frame_logits.shape[1], seconds, targets.shape[1])
-            self._last_frames = (frame_logits.detach(), frame_lengths, seconds)  # for the TensorBoard picture
+            # For validation: frame-threshold tuning and the TensorBoard picture.
+            self._last_frames = (frame_logits.detach(), frame_lengths, seconds, frame_targets)
         else:
             logits = self(batch["inputs"], batch["lengths"])
         if mix is not None:
@@ -245,6 +288,8 @@ class AudioClassifier(L.LightningModule):
             inputs, lengths, perm, lam = mixup(batch["inputs"], batch["lengths"], self.hparams.mixup_alpha)
             batch, mix = {**batch, "inputs": inputs, "lengths": lengths}, (perm, lam)
         logits, loss, targets = self._logits_and_loss(batch, mix)
+        if self.teacher_log_probs is not None:
+            loss = self._distilled(loss, logits, batch["index"], mix)
         with torch.no_grad():
             lengths, items = batch["lengths"], targets.shape[0]
             if self.multilabel:  # the share of right yes/no answers at 0.5, summed over items
@@ -264,6 +309,18 @@ class AudioClassifier(L.LightningModule):
         if loss.device.type == "cpu" or batch_idx % self.hparams.nan_check_every_n_steps == 0:
             self._check_finite(loss, batch_idx)
         return loss
+
+    def _distilled(self, loss: torch.Tensor, logits: torch.Tensor, index: torch.Tensor, mix) -> torch.Tensor:
+        """alpha * the labels' loss + (1 - alpha) * the distillation loss against the teacher's outputs for these
+        items (mixed as the inputs were, under mixup)."""
+        from audio_cls.distill import distillation_loss
+
+        teacher = self.teacher_log_probs[index.to(self.teacher_log_probs.device)]
+        if mix is not None:
+            perm, lam = mix
+            teacher = (lam * teacher.exp() + (1 - lam) * teacher[perm].exp()).clamp_min(1e-12).log()
+        alpha, temperature = self.hparams.distill_alpha, self.hparams.distill_temperature
+        return alpha * loss + (1 - alpha) * distillation_loss(logits, teacher, temperature)
 
     def _check_finite(self, loss: torch.Tensor, batch_idx: int) -> None:
         if not torch.isfinite(loss):
@@ -301,8 +358,11 @@ class AudioClassifier(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._last_frames = None
         self._shared_step(batch, self.val_metrics, "val")
-        if batch_idx == 0 and self._last_frames is not None:  # a few recordings' frame scores, for TensorBoard
-            frame_logits, frame_lengths, seconds = self._last_frames
+        if self._last_frames is None:
+            return
+        frame_logits, frame_lengths, seconds, frame_targets = self._last_frames
+        self._update_frame_curve(frame_logits, frame_lengths, frame_targets)
+        if batch_idx == 0:  # a few recordings' frame scores, for TensorBoard
             n = min(4, len(frame_logits))
             self._frames_example = (
                 torch.sigmoid(frame_logits[:n].float()).cpu(),
@@ -310,6 +370,17 @@ class AudioClassifier(L.LightningModule):
                 batch["events"][:n].cpu(),
                 seconds,
             )
+
+    def _update_frame_curve(self, frame_logits: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor) -> None:
+        """Add each recording's valid frames, median-filtered as events will be, to the validation curve."""
+        from audio_cls.sed import smooth
+
+        probs = torch.sigmoid(frame_logits.float()).cpu().numpy()
+        scores = [smooth(row[:n], self.hparams.median_frames) for row, n in zip(probs, lengths.tolist())]
+        mask = frame_mask(lengths.to(targets.device), targets.shape[1])
+        self.val_frame_curve.update(
+            torch.as_tensor(np.concatenate(scores), device=targets.device), (targets[mask] >= 0.5).long()
+        )
 
     def on_validation_epoch_start(self) -> None:
         if self.multilabel:
@@ -326,6 +397,7 @@ class AudioClassifier(L.LightningModule):
                 tuned = tune_thresholds(probs, targets, self.hparams.thresholds, self.hparams.threshold)
                 self.thresholds.copy_(tuned.to(self.thresholds.device))
             self.log_dict(f1_scores(probs, targets, self.thresholds, "val/"), sync_dist=False)
+            self._tune_frame_thresholds()
             if not self.trainer.sanity_checking:
                 self.val_map_best.update(self.val_metrics["mAP"].compute())
                 self.log("val/mAP_best", self.val_map_best.compute(), prog_bar=True, sync_dist=True)
@@ -335,6 +407,19 @@ class AudioClassifier(L.LightningModule):
             return  # the sanity check's accuracy is no result
         self.val_acc_best.update(self.val_metrics["acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
+
+    def _tune_frame_thresholds(self) -> None:
+        """Sound event detection: frame thresholds from this validation's frames; logs their macro frame F1."""
+        if not self.val_frame_curve.update_called:
+            return
+        precision, recall, grid = self.val_frame_curve.compute()
+        self.val_frame_curve.reset()
+        f1 = (2 * precision * recall / (precision + recall).clamp(min=1e-12)).nan_to_num(0.0)[:, :-1]  # (C, grid)
+        if not self.trainer.sanity_checking:
+            tuned = thresholds_from_f1(f1, grid, self.hparams.frame_thresholds, self.hparams.frame_threshold)
+            self.frame_thresholds.copy_(tuned.to(self.frame_thresholds.device))
+        at = torch.searchsorted(grid.to(self.frame_thresholds.device), self.frame_thresholds).clamp(max=len(grid) - 1)
+        self.log("val/frame_f1", f1.gather(1, at[:, None].to(f1.device)).mean(), sync_dist=False)
 
     def _log_frame_scores(self) -> None:
         """TensorBoard: the first validation recordings' frame scores per class, reference events drawn on them."""
@@ -423,7 +508,14 @@ class AudioClassifier(L.LightningModule):
         return torch.sigmoid(logits) if self.multilabel else logits.softmax(dim=-1)
 
     def configure_optimizers(self) -> Any:
-        optimizer = build(self.hparams.optimizer or {"_target_": "torch.optim.Adam"}, params=self.parameters())
+        spec, scale = self.hparams.optimizer or {"_target_": "torch.optim.Adam"}, self.hparams.backbone_lr_scale
+        if scale == 1:
+            optimizer = build(spec, params=self.parameters())
+        else:  # the head (and anything outside the network) at the optimizer's rate, the backbone at `scale` times it
+            slower = [p for module in backbone(self.net) for p in module.parameters()]
+            ids = {id(p) for p in slower}
+            optimizer = build(spec, params=[p for p in self.parameters() if id(p) not in ids])
+            optimizer.add_param_group({"params": slower, "lr": optimizer.param_groups[0]["lr"] * scale})
         if self.hparams.scheduler is None:
             return optimizer
         scheduler = build(self.hparams.scheduler, optimizer=optimizer)
@@ -446,6 +538,29 @@ class AudioClassifier(L.LightningModule):
 
 
 THRESHOLD_MODES = ("per_class", "global", "fixed")
+FRAME_THRESHOLD_GRID = torch.linspace(0.0, 1.0, 201)  # frame thresholds are tuned in steps of 0.005
+
+
+def thresholds_from_f1(f1: torch.Tensor, grid: torch.Tensor, mode: str, default: float = 0.5) -> torch.Tensor:
+    """Decision thresholds (C,) from F1 (C, G) measured at each threshold of `grid` (G,): per_class takes each
+    class's best (a class whose F1 is 0 everywhere, e.g. one without positives, keeps `default`); global the one
+    best for macro F1; fixed `default`."""
+    out = torch.full((f1.shape[0],), float(default))
+    if mode == "fixed" or f1.numel() == 0:
+        return out
+    grid, f1 = grid.cpu().float(), f1.cpu().float()
+    if mode == "global":
+        return out.fill_(float(grid[int(f1.mean(0).argmax())]))
+    best = f1.max(1)
+    found = best.values > 0
+    out[found] = grid[best.indices[found]]
+    return out
+
+
+def _keep_fixed_frame_thresholds(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints written before frame thresholds were tuned keep the fixed one they were trained with."""
+    if prefix + "frame_thresholds" not in state_dict:
+        state_dict[prefix + "frame_thresholds"] = module.frame_thresholds.clone()
 
 
 def tune_thresholds(probs: torch.Tensor, targets: torch.Tensor, mode: str, default: float = 0.5) -> torch.Tensor:

@@ -151,6 +151,10 @@ def write_outputs(output_dir: Path, classifier: Classifier, results: list, cfg: 
             "aggregate": classifier.aggregate,
             "top_k": k,
             "thresholds": dict(zip(classifier.class_names, classifier.thresholds)) if classifier.multilabel else None,
+            # events.csv: frames at or above these, after the median filter
+            "frame_thresholds": (
+                dict(zip(classifier.class_names, classifier.frame_thresholds)) if classifier.detects_events else None
+            ),
             "files": files,
         },
     )

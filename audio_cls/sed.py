@@ -286,13 +286,11 @@ def test_detection(module, datamodule) -> dict:
     """After testing: `evaluate_detection` on the test split with the training run's task settings, as
     metrics ({"test/segment_f1": ..., "test/events_per_class": {...}}); {} unless the model detects events
     (multi-label, a frame head) and the data has event times."""
-    from audio_cls.model.layers import has_frame_head
-
-    if not (module.multilabel and datamodule.has_events and has_frame_head(module.net)):
+    if not (module.detects_events and datamodule.has_events):
         return {}
     task = module.hparams.config.get("task") or {}
     found = evaluate_detection(
-        module, datamodule, "test", task.get("frame_threshold", 0.5), task.get("median_frames", 1)
+        module, datamodule, "test", module.frame_thresholds.tolist(), task.get("median_frames", 1)
     )
     log.info(
         "Sound event detection (test): segment F1 %.4f (1 s segments), event F1 %.4f (200 ms collar), PSDS1 %.4f",
@@ -305,21 +303,23 @@ def test_detection(module, datamodule) -> dict:
 
 
 def evaluate_detection(
-    module, datamodule, split: str = "test", threshold: float = 0.5, median_frames: int = 1
+    module, datamodule, split: str = "test", thresholds: float | Sequence[float] = 0.5, median_frames: int = 1
 ) -> dict[str, float | dict]:
-    """`sed_metrics` of a split, frames active at or above `threshold`, against the split's strong labels.
-    Classes without a reference event in the split are left out (recall is undefined for them)."""
+    """`sed_metrics` of a split, frames active at or above `thresholds` (one, or one per class of the module),
+    against the split's strong labels. Classes without a reference event in the split are left out (recall is
+    undefined for them)."""
     scores, hop = detection_scores(module, datamodule, split)
     items = [it for it in datamodule.splits[split] if it.path in scores]
     truth = {it.path: merge_references(it.events or ()) for it in items}
     present = sorted({label for events in truth.values() for *_, label in events})
     columns = [module.class_names.index(label) for label in present]
+    thresholds = _class_thresholds(thresholds, module.class_names)[columns]
     return sed_metrics(
         {path: s[:, columns] for path, s in scores.items()},
         hop,
         present,
         truth,
         {it.path: datamodule.seconds[it] for it in items},
-        thresholds=threshold,
+        thresholds=thresholds,
         median_frames=median_frames,
     )

@@ -2,11 +2,15 @@
 
 config -> feature extractor -> datamodule (scan, split, check files) -> network -> AudioClassifier
        -> Trainer.fit -> Trainer.test on the best checkpoint -> metrics.json in the run directory
+
+With `transfer.init_from` the run starts from a trained model's weights and features (audio_cls/transfer.py);
+with `distill.teacher` it also learns from a trained model's outputs (audio_cls/distill.py).
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -19,29 +23,37 @@ from omegaconf import DictConfig, OmegaConf
 
 from audio_cls import CONF_DIR
 from audio_cls.config_checks import check_config
+from audio_cls.distill import teacher_log_probs
 from audio_cls.errors import ConfigError
 from audio_cls.model.layers import has_frame_head
 from audio_cls.module import AudioClassifier
 from audio_cls.runs import instantiate_group, log_hparams, run_task, scalar_metrics
 from audio_cls.sed import test_detection
+from audio_cls.transfer import callbacks as transfer_callbacks
+from audio_cls.transfer import command_line, read_init
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict:
     check_config(cfg)  # before any data is read
+    init = read_init(cfg)  # transfer.init_from: a checkpoint's features and sample rate become the run's
     output_dir = Path(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
 
     datamodule = build_datamodule(cfg)
     features = datamodule.features
+    if init is not None:
+        init.load_features(features)  # fitted statistics: not fitted again on this run's data
     datamodule.prepare_data()
     datamodule.setup("fit")
     if rank_zero_only.rank == 0:
         datamodule.write_split_files(output_dir)
 
     net = instantiate(cfg.model, in_features=features.num_features, num_classes=datamodule.num_classes)
+    if init is not None:
+        init.load_network(net, datamodule.class_names, strict=cfg.transfer.init_strict)
     check_shortest_input(net, datamodule)
     config = OmegaConf.to_container(cfg, resolve=True)
     module = AudioClassifier(
@@ -53,11 +65,17 @@ def train(cfg: DictConfig) -> dict:
         loss=loss_config(config["loss"], datamodule),
         mixup_alpha=cfg.augment.mixup_alpha,
         config=config,
+        backbone_lr_scale=cfg.transfer.backbone_lr_scale,
+        distill_alpha=cfg.distill.alpha,
+        distill_temperature=cfg.distill.temperature,
         **task_settings(config["task"], datamodule, net),
     )
+    if cfg.distill.teacher is not None:
+        module.set_teacher(teacher_log_probs(cfg.distill.teacher, datamodule, cfg.distill.temperature))
     log.info("Network %s: %.2fM parameters", type(net).__name__, sum(p.numel() for p in net.parameters()) / 1e6)
 
-    trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks), logger=instantiate_group(cfg.logger))
+    callbacks = [*instantiate_group(cfg.callbacks), *transfer_callbacks(cfg)]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.logger))
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
     metrics = scalar_metrics(trainer.callback_metrics)
@@ -122,6 +140,9 @@ def task_settings(task: dict, datamodule, net: torch.nn.Module) -> dict:
         "threshold": task["threshold"],
         "frame_seconds": datamodule.features.hop_samples / datamodule.sample_rate,
         "frame_loss_weight": task["frame_loss_weight"],
+        "frame_thresholds": task["frame_thresholds"],
+        "frame_threshold": task["frame_threshold"],
+        "median_frames": task["median_frames"],
     }
 
 
@@ -163,8 +184,14 @@ def loss_config(loss: dict, datamodule) -> dict:
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
-def main(cfg: DictConfig) -> float:
+def hydra_main(cfg: DictConfig) -> float:
     return run_task(train, cfg, reuse_dir=cfg.ckpt_path is not None)
+
+
+def main() -> None:
+    """The entry point: the transfer keys' other spellings (`model.init_from=...`) become `transfer.*`, then Hydra."""
+    sys.argv[1:] = command_line(sys.argv[1:])
+    hydra_main()
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ from pathlib import Path
 from common import REPO, machine, print_table
 
 
-def run(seed: int, overrides: list[str]) -> dict:
-    with tempfile.TemporaryDirectory() as run_dir:
+def run(seed: int, overrides: list[str], keep_in: str | None = None) -> dict:
+    """One `python -m audio_cls.train` (its run directory deleted afterwards, unless `keep_in` names one)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        run_dir = keep_in or scratch
         start = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-m", "audio_cls.train", f"seed={seed}", f"hydra.run.dir={run_dir}", *overrides],

@@ -85,7 +85,14 @@ def test_note_experiments_reproduce_the_note(tmp_path):
     "group,option", [(g, o) for g in ("features", "model", "optimizer", "scheduler", "loss") for o in options(g)]
 )
 def test_each_group_option_builds(group, option, tmp_path):
-    module = build_everything(compose_train([f"{group}={option}"], tmp_path))[2]
+    overrides, frames = [f"{group}={option}"], 40
+    if (group, option) == ("model", "hf"):  # a pretrained model: a tiny one saved here, on the waveform
+        pytest.importorskip("transformers")
+        from tiny_hf import save_tiny
+
+        overrides += [f"model.pretrained={save_tiny('whisper', tmp_path / 'whisper')}", "features=raw"]
+        frames = 4000
+    module = build_everything(compose_train(overrides, tmp_path), frames=frames)[2]
     module.trainer = None
     optim = module.configure_optimizers()
     assert optim is not None

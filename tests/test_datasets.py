@@ -16,13 +16,21 @@ import soundfile as sf
 import torch
 
 from audio_cls.augment import BackgroundNoise, RandomGain, RandomShift, SpecAugment, WaveformAugment, mixup
-from audio_cls.data.base import Item
+from audio_cls.data.base import Item, multilabel_item
 from audio_cls.data.download import download_and_extract
 from audio_cls.data.esc50 import ESC50
 from audio_cls.data.folder import Folder
 from audio_cls.data.manifest import Manifest
 from audio_cls.data.speech_commands import SpeechCommands, which_set
-from audio_cls.data.splits import assign_splits, cv_split, duplicates_across_splits, shared_groups, unit_hash
+from audio_cls.data.splits import (
+    assign_splits,
+    cv_folds,
+    cv_split,
+    duplicates_across_splits,
+    labels_of,
+    shared_groups,
+    unit_hash,
+)
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.features import LogMel, RawWaveform
 from helpers import TONE_CLASSES, run_entry, write_fsd50k, write_tone, write_tone_dataset
@@ -141,6 +149,105 @@ def test_hash_split_of_a_larger_collection_has_the_requested_shares():
     assert 0.17 <= len(per_file["test"]) / 1000 <= 0.23  # per file, the share is close to the fraction
     with pytest.raises(ConfigError, match="data.split_by=group: 1 of 1001 recordings have no group"):
         assign_splits(items + [Item("/d/x.wav", "a")], 0.1, 0.2, seed=0, split_by="group")
+
+
+# --- iterative stratification (data.stratify) ------------------------------------------------------
+def multilabel_items(n=200, seed=0, groups=0):
+    """`n` recordings of 8 classes of uneven frequency (about 50% down to 2%), plus a rare class `r` in 3,
+    each with a speaker of `groups` when given."""
+    rng = np.random.default_rng(seed)
+    share = dict(zip([f"c{i}" for i in range(8)], (0.5, 0.35, 0.25, 0.15, 0.1, 0.06, 0.04, 0.02), strict=True))
+    items = []
+    for i in range(n):
+        labels = [c for c, p in share.items() if rng.random() < p] + (["r"] if i % (n // 3 + 1) == 0 else [])
+        fields = {"group": f"s{i % groups}"} if groups else {}
+        items.append(multilabel_item(f"/d/rec{i:03d}.wav", labels, **fields))
+    return items
+
+
+def class_deviation(splits, items):
+    """The largest difference, over classes and over val/test, between a class's share of a split's
+    recordings and its share of all of them."""
+    classes = sorted({c for it in items for c in labels_of(it)})
+
+    def shares(part):
+        return np.array([sum(c in labels_of(it) for it in part) / len(part) for c in classes])
+
+    return max(np.abs(shares(splits[name]) - shares(items)).max() for name in ("val", "test"))
+
+
+def test_iterative_stratification_keeps_class_proportions_that_hashing_leaves_to_chance(caplog):
+    items = multilabel_items()
+    hashed = assign_splits(items, 0.2, 0.2, seed=0, split_by="file", stratify="hash")
+    with caplog.at_level(logging.INFO, logger="audio_cls.data.splits"):
+        stratified = assign_splits(items, 0.2, 0.2, seed=0, split_by="file", stratify="auto")  # multi-label
+    assert "test carved by iterative stratification of 200 files" in caplog.text
+    assert "val carved by iterative stratification of" in caplog.text
+    assert sorted(paths(sum(stratified.values(), []))) == sorted(paths(items))  # a partition
+    assert 0.15 <= len(stratified["test"]) / 200 <= 0.25 and 0.1 <= len(stratified["val"]) / 200 <= 0.2
+    # Hashing leaves each class's share to chance (0.074 off here); stratification holds each close (0.015).
+    assert class_deviation(stratified, items) < 0.03 < class_deviation(hashed, items)
+    everything = {c for it in items for c in labels_of(it)}
+    assert {c for it in stratified["train"] for c in labels_of(it)} == everything  # the rare class included
+
+
+def test_iterative_stratification_is_deterministic_for_a_seed_and_set_of_files():
+    items = multilabel_items()
+    first = assign_splits(items, 0.1, 0.1, seed=0, split_by="file", stratify="iterative")
+    again = assign_splits(list(reversed(items)), 0.1, 0.1, seed=0, split_by="file", stratify="iterative")
+    other = assign_splits(items, 0.1, 0.1, seed=1, split_by="file", stratify="iterative")
+    for name in first:  # the order the dataset lists its files in does not matter, the seed does
+        assert paths(again[name]) == paths(first[name]), name
+    assert paths(other["test"]) != paths(first["test"]) and paths(other["val"]) != paths(first["val"])
+
+
+def test_iterative_stratification_keeps_groups_disjoint():
+    items = multilabel_items(n=240, groups=40)  # 40 speakers, 6 recordings each
+    splits = assign_splits(items, 0.15, 0.15, seed=0, split_by="auto", stratify="iterative")
+    assert shared_groups(splits) == {}
+    assert all(len({it.group for it in splits[name]}) >= 3 for name in ("val", "test"))
+    everything = {c for it in items for c in labels_of(it)}
+    assert {c for it in splits["train"] for c in labels_of(it)} == everything
+
+
+def test_iterative_stratification_of_cross_validation_folds():
+    items = multilabel_items()
+    folds = cv_folds(items, "files", 4, seed=0, stratify="auto")
+    assert sorted(p for _, fold in folds for p in paths(fold)) == sorted(paths(items))
+    assert all(45 <= len(fold) <= 55 for _, fold in folds)
+    dealt = cv_folds(items, "files", 4, seed=0)  # stratify=hash: the per-label-set deal, as before
+
+    def worst(scheme):
+        return max(class_deviation({"val": fold, "test": fold}, items) for _, fold in scheme)
+
+    assert worst(folds) < 0.025 < worst(dealt)  # 0.015 against 0.03 here
+    splits = cv_split(items, "files", 4, 1, 0.2, seed=0, split_by="file", stratify="auto")
+    assert paths(splits["test"]) == paths(folds[1][1]) and splits["val"]
+
+
+def test_auto_stratification_hashes_single_label_data(caplog):
+    items = [Item(f"/d/{label}/{i}.wav", label) for label in "abcd" for i in range(25 * (ord(label) - 96))]
+    with caplog.at_level(logging.INFO, logger="audio_cls.data.splits"):
+        auto = assign_splits(items, 0.1, 0.2, seed=0, split_by="auto", stratify="auto")
+    assert "test carved by hash of 250 files" in caplog.text and "iterative" not in caplog.text
+    assert auto == assign_splits(items, 0.1, 0.2, seed=0, split_by="auto")  # as before data.stratify existed
+    # Forced, single-label data is stratified too (one-hot rows): a different split, each class in proportion.
+    forced = assign_splits(items, 0.1, 0.2, seed=0, split_by="auto", stratify="iterative")
+    assert forced != auto
+    assert Counter(it.label for it in forced["test"]) == {"a": 5, "b": 10, "c": 15, "d": 20}
+
+
+def test_bad_stratify_is_a_config_error_before_any_data_is_read(tmp_path):
+    from audio_cls.config_checks import check_config
+    from test_configs import compose_train
+
+    with pytest.raises(ConfigError, match=r"^data.stratify='bogus': expected one of auto, iterative, hash$"):
+        check_config(compose_train(["data.stratify=bogus"], tmp_path))
+    check_config(compose_train(["data.stratify=iterative"], tmp_path))
+    with pytest.raises(ConfigError, match=r"data.stratify='bogus'"):
+        Folder(root=str(tmp_path / "nothing here"), features=RawWaveform(), sample_rate=16000, stratify="bogus")
+    with pytest.raises(ConfigError, match=r"data.stratify='Hash'"):
+        assign_splits([Item("/d/a.wav", "a")], 0.1, 0.1, seed=0, split_by="auto", stratify="Hash")
 
 
 def test_run_directory_gets_split_membership(tones, tmp_path):

@@ -16,7 +16,14 @@ from audio_cls.errors import ConfigError, DataError
 from audio_cls.features import LogMel
 from audio_cls.model.crnn import CRNN
 from audio_cls.model.layers import FRAME_POOLINGS
-from audio_cls.module import AudioClassifier, f1_scores, frame_targets_from_events, tune_thresholds
+from audio_cls.module import (
+    FRAME_THRESHOLD_GRID,
+    AudioClassifier,
+    f1_scores,
+    frame_targets_from_events,
+    thresholds_from_f1,
+    tune_thresholds,
+)
 from helpers import run_entry, write_fsd50k, write_tone
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
@@ -57,6 +64,61 @@ def test_per_class_thresholds_maximize_each_classs_f1(scores):
     assert len(set(one.tolist())) == 1
     no_positives = tune_thresholds(probs, torch.zeros_like(targets), "per_class", 0.5)
     assert no_positives.tolist() == [0.5] * 5  # nothing to tune on: the default stays
+
+
+def test_frame_thresholds_from_the_binned_curve_reach_the_best_f1_on_their_grid(scores):
+    """Frame thresholds come from a binned precision-recall curve (constant memory, summed across processes):
+    each class's pick must be as good as the best threshold of the grid, by scikit-learn."""
+    from torchmetrics.classification import MultilabelPrecisionRecallCurve
+
+    probs, targets = scores
+    curve = MultilabelPrecisionRecallCurve(5, thresholds=FRAME_THRESHOLD_GRID)
+    curve.update(probs[:40], targets[:40])  # two updates, as two validation batches
+    curve.update(probs[40:], targets[40:])
+    precision, recall, grid = curve.compute()
+    f1 = (2 * precision * recall / (precision + recall)).nan_to_num(0.0)[:, :-1]
+    tuned = thresholds_from_f1(f1, grid, "per_class")
+    for c in range(5):
+        best = max(sklearn_metrics.f1_score(targets[:, c], probs[:, c] >= t, zero_division=0) for t in grid.tolist())
+        assert sklearn_metrics.f1_score(targets[:, c], probs[:, c] >= tuned[c]) == pytest.approx(best)
+    one = thresholds_from_f1(f1, grid, "global")
+    macro = [sklearn_metrics.f1_score(targets, probs >= t, average="macro", zero_division=0) for t in grid.tolist()]
+    assert sklearn_metrics.f1_score(targets, probs >= one[0], average="macro") == pytest.approx(max(macro))
+    assert len(set(one.tolist())) == 1
+    assert thresholds_from_f1(torch.zeros_like(f1), grid, "per_class", 0.3).tolist() == [pytest.approx(0.3)] * 5
+    assert thresholds_from_f1(f1, grid, "fixed", 0.3).tolist() == [pytest.approx(0.3)] * 5
+
+
+def test_a_checkpoint_without_frame_thresholds_keeps_its_fixed_one():
+    """Sound event detection checkpoints written before frame thresholds were tuned still load, with the
+    task's fixed frame threshold they were trained and tested with."""
+    module = AudioClassifier(
+        CRNN(8, 3, channels=[8], hidden_size=8, frame_pooling="max"),
+        LogMel(8000, n_mels=8),
+        ["a", "b", "c"],
+        loss={"_target_": "torch.nn.BCEWithLogitsLoss"},
+        multilabel=True,
+        frame_threshold=0.35,
+    )
+    state = {k: v for k, v in module.state_dict().items() if k != "frame_thresholds"}
+    module.frame_thresholds.fill_(0.9)
+    module.load_state_dict(state)  # strict: the key is filled in, not reported missing
+    assert module.frame_thresholds.tolist() == [pytest.approx(0.9)] * 3
+
+
+@pytest.mark.parametrize("override", ["task.frame_thresholds=best", "task.median_frames=4"])
+def test_frame_threshold_settings_are_checked_before_data_is_read(override, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from audio_cls import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=fsdd_mix_sed", override])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)  # outside a Hydra run there is no hydra:runtime.output_dir
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        check_config(cfg)
 
 
 def test_frame_targets_from_event_times():
@@ -192,6 +254,7 @@ def test_fsdd_mix_sed_trains_tests_predicts_and_exports(tmp_path):
         "model.channels=[16,16]",
         "model.hidden_size=16",
         "trainer.max_epochs=3",
+        "task.frame_thresholds=per_class",  # shipped: fixed; tuning is checked here
         "logger=tensorboard",
         f"hydra.run.dir={run_dir}",
     )
@@ -202,8 +265,11 @@ def test_fsdd_mix_sed_trains_tests_predicts_and_exports(tmp_path):
         assert 0.0 <= metrics[key] <= 1.0, key
     assert set(metrics["test/per_class"]["five"]) == {"ap", "f1", "threshold", "support"}
     ckpt = run_dir / "checkpoints" / "last.ckpt"
-    thresholds = torch.load(ckpt, weights_only=True)["state_dict"]["thresholds"]
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    thresholds, frame_thresholds = state["thresholds"], state["frame_thresholds"]
     assert not torch.allclose(thresholds, torch.full_like(thresholds, 0.5))  # tuned on validation
+    assert not torch.allclose(frame_thresholds, torch.full_like(frame_thresholds, 0.5))  # frames too
+    assert 0.0 <= metrics["val/frame_f1"] <= 1.0
 
     clip = sorted((tmp_path / "mix" / "audio").glob("test_*.wav"))[0]
     out = tmp_path / "pred"
@@ -211,6 +277,7 @@ def test_fsdd_mix_sed_trains_tests_predicts_and_exports(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     saved = json.loads((out / "predictions.json").read_text())
     assert list(saved["thresholds"].values()) == pytest.approx(thresholds.tolist())
+    assert list(saved["frame_thresholds"].values()) == pytest.approx(frame_thresholds.tolist())
     entry = saved["files"][0]
     expected = [name for name, p in entry["probabilities"].items() if p >= saved["thresholds"][name]]
     assert sorted(d["label"] for d in entry["detected"]) == sorted(expected)

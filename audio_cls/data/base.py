@@ -31,6 +31,7 @@ from audio_cls.augment import SpecAugment, WaveformAugment
 from audio_cls.data.splits import (
     SPLITS,
     assign_splits,
+    check_stratify,
     cv_folds,
     cv_scheme,
     cv_split,
@@ -127,11 +128,11 @@ class AudioDataset(Dataset):
         if inputs is None:
             return None
         item = self.items[index]
-        if not self.multilabel:
-            return {"inputs": inputs, "target": self.class_to_index.get(item.label, -1)}
+        if not self.multilabel:  # index: the item's place in its split (distillation looks up its teacher's outputs)
+            return {"inputs": inputs, "target": self.class_to_index.get(item.label, -1), "index": index}
         target = torch.zeros(len(self.class_to_index))  # multi-hot
         target[[self.class_to_index[name] for name in labels_of(item)]] = 1.0
-        out = {"inputs": inputs, "target": target}
+        out = {"inputs": inputs, "target": target, "index": index}
         if item.events is not None:  # (events, 3): onset s, offset s, class index
             out["events"] = torch.tensor(
                 [(on, off, self.class_to_index[lab]) for on, off, lab in item.events], dtype=torch.float32
@@ -255,6 +256,8 @@ def pad_collate(items: list[dict | None]) -> dict:
         # class indices (batch,), or multi-hot (batch, classes) for multi-label data
         "targets": torch.stack(targets) if isinstance(targets[0], torch.Tensor) else torch.tensor(targets),
     }
+    if "index" in items[0]:  # each item's place in its split
+        batch["index"] = torch.tensor([it["index"] for it in items])
     if "events" in items[0]:  # (batch, most events, 3): onset s, offset s, class index; padded with class -1
         events = [it["events"] for it in items]
         padded = torch.full((len(items), max(1, max(len(e) for e in events)), 3), -1.0)
@@ -420,6 +423,10 @@ class AudioDataModule(L.LightningDataModule):
             carved (see `audio_cls/data/splits.py`): by hash of the group (`split_by=group`, the default
             `auto` when every recording has one) or of the file. `split_seed` is fixed apart from the
             training seed so that `seed=1,2,3` repeats the same experiment on the same split.
+        stratify: how those splits (and cross-validation folds of files) are carved: `hash`, `iterative`
+            (iterative stratification by class) or `auto` (iterative for multi-label data, else hash). The
+            configs say `auto`; the default here is `hash`, which is what runs trained before the setting
+            existed used, so that their configs (re-read by `eval`) rebuild the same test split.
         cv_fold, cv_folds, cv_scheme: set by `audio_cls.cv`: fold `cv_fold` of `cv_folds` is the test set.
         balanced_sampling: draw training batches with probabilities inverse to class frequency.
         length_buckets: batch recordings of similar length together (LengthBucketSampler: training batches
@@ -458,6 +465,7 @@ class AudioDataModule(L.LightningDataModule):
         test_fraction: float = 0.1,
         split_by: str = "auto",
         split_seed: int = 0,
+        stratify: str = "hash",
         cv_fold: int | None = None,
         cv_folds: int = 5,
         cv_scheme: str = "auto",
@@ -484,6 +492,7 @@ class AudioDataModule(L.LightningDataModule):
         for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
             if not 0 <= value < 1:
                 raise ConfigError(f"data.{key}={value}: must be in [0, 1)")
+        check_stratify(stratify)
         if placement not in PLACEMENTS:
             raise ConfigError(f"data.placement={placement!r}: expected one of {', '.join(PLACEMENTS)}")
         if waveform_augment is not None and waveform_augment.active and placement == "cache":
@@ -506,6 +515,7 @@ class AudioDataModule(L.LightningDataModule):
         self.test_fraction = test_fraction
         self.split_by = split_by
         self.split_seed = split_seed
+        self.stratify = stratify
         self.cv_fold = cv_fold
         self.cv_folds = cv_folds
         self.cv_scheme = cv_scheme
@@ -534,7 +544,7 @@ class AudioDataModule(L.LightningDataModule):
 
     def build_splits(self) -> dict[str, list[Item]]:
         """{"train": [...], "val": [...], "test": [...]}: the cross-validation fold when `cv_fold` is set,
-        else the data's own splits, completed by hash (see `audio_cls/data/splits.py`)."""
+        else the data's own splits, completed by hash or stratification (see `audio_cls/data/splits.py`)."""
         items = self.scan()
         if self.cv_fold is not None:
             return cv_split(
@@ -546,9 +556,16 @@ class AudioDataModule(L.LightningDataModule):
                 self.split_seed,
                 self.split_by,
                 self.root_path,
+                stratify=self.stratify,
             )
         return assign_splits(
-            items, self.val_fraction, self.test_fraction, self.split_seed, self.split_by, self.root_path
+            items,
+            self.val_fraction,
+            self.test_fraction,
+            self.split_seed,
+            self.split_by,
+            self.root_path,
+            stratify=self.stratify,
         )
 
     def cv_plan(self, num_folds: int, scheme: str) -> tuple[str, list[tuple[str, int]]]:
@@ -556,7 +573,7 @@ class AudioDataModule(L.LightningDataModule):
         cross-validation (see `audio_cls.cv`)."""
         items = self.scan()
         scheme = cv_scheme(items, scheme)
-        folds = cv_folds(items, scheme, num_folds, self.split_seed, self.root_path)
+        folds = cv_folds(items, scheme, num_folds, self.split_seed, self.root_path, stratify=self.stratify)
         return scheme, [(name, len(test)) for name, test in folds]
 
     @property

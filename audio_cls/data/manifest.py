@@ -4,9 +4,9 @@
     path,labels[,split][,group][,start][,end][,fold]     multi-label: `;`-separated classes, may be empty
 
 `path` is relative to the manifest's folder (or absolute); `split` is train/val/test (splits left
-empty are carved by hash, see splits.py); `group` the speaker or source; `start`/`end` seconds of a
-segment of a longer file; `fold` a cross-validation fold. Any other column is an error, so a typo in
-a header never silently drops information.
+empty are carved by hash, or by stratification for multi-label data: see splits.py); `group` the
+speaker or source; `start`/`end` seconds of a segment of a longer file; `fold` a cross-validation fold.
+Any other column is an error, so a typo in a header never silently drops information.
 
 Strong labels for sound event detection come beside it (`data.events=PATH`): a DCASE tab-separated file
 with the header `filename onset offset event_label`, one row per event, `filename` as the manifest's

@@ -5,17 +5,27 @@ Rules shared by every dataset (the dataset's `scan()` only says what it knows of
   - A split the data defines (a manifest's `split` column, Speech Commands' lists, ESC-50's folds,
     FSDD's protocols) is used as it is. Test is carved only when the data defines none, from the
     items without a split; validation likewise, from the training items.
-  - Carving is by hash: each unit (a speaker/source `group` when every item has one, else a file)
-    goes to test when hash(seed, unit) falls below `test_fraction`, to validation when it falls
-    below `val_fraction` (salted apart). The hash of a unit never changes, so adding files never
-    moves the files already there, and the same seed gives the same split on any machine. Segments
-    of one file are one unit, so a recording never straddles two splits. (Two exceptions, for small
-    data: a split left empty by chance gets the unit of lowest hash, and a class whose every unit
-    would leave training keeps them in training, whole units, so groups stay disjoint. Both are
-    logged, and both can move files already placed once new files change which case applies.)
+  - Carving is by hash (`data.stratify=hash`, and `auto` for single-label data): each unit (a
+    speaker/source `group` when every item has one, else a file) goes to test when hash(seed, unit)
+    falls below `test_fraction`, to validation when it falls below `val_fraction` (salted apart). The
+    hash of a unit never changes, so adding files never moves the files already there, and the same
+    seed gives the same split on any machine. Segments of one file are one unit, so a recording never
+    straddles two splits.
+  - Multi-label data (`data.stratify=auto` when any item has a label set; `iterative` forces it for
+    any data) is carved by iterative stratification (Sechidis et al. 2011, the `iterative-stratification`
+    package) over the same units: one multi-hot row per unit (the union of its items' labels), units in
+    name order, so that validation and test hold each class in about the proportion of the whole set,
+    rare classes included, where a hash leaves them to chance. What it trades away: a stratified split is
+    a function of the whole set of units, so it is the same for a given seed and set of files (on any
+    machine), but adding or removing files can move files already placed; hash splits never do.
+  - After either carve, two rescues for small data: a split left empty gets the unit of lowest hash,
+    and a class whose every unit would leave training keeps them in training, whole units, so groups
+    stay disjoint. Both are logged, and both can move files already placed once new files change which
+    case applies.
   - Cross-validation folds follow the data's own folds (ESC-50), else its groups (k folds of
-    speakers, or one fold per speaker), else files (stratified by label); the fold under test never
-    takes part in training or in selecting the model (validation is carved from the other folds).
+    speakers, or one fold per speaker), else files (stratified by label: dealt out per label, or by
+    iterative stratification where `data.stratify` resolves to it); the fold under test never takes part
+    in training or in selecting the model (validation is carved from the other folds).
 """
 
 from __future__ import annotations
@@ -34,6 +44,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 SPLIT_BY = ("auto", "group", "file")
 CV_SCHEMES = ("auto", "folds", "groups", "logo", "files")
+STRATIFY = ("auto", "iterative", "hash")
 
 
 def labels_of(item) -> tuple[str, ...]:
@@ -45,6 +56,73 @@ def unit_hash(seed: int, unit: str) -> float:
     """A number in [0, 1) fixed by (seed, unit): the same on every machine and Python run."""
     digest = hashlib.sha1(f"{seed}/{unit}".encode()).hexdigest()
     return int(digest[:15], 16) / 16**15
+
+
+def check_stratify(stratify: str) -> None:
+    if stratify not in STRATIFY:
+        raise ConfigError(f"data.stratify={stratify!r}: expected one of {', '.join(STRATIFY)}")
+
+
+def stratify_method(items: list, stratify: str) -> str:
+    """`data.stratify` made concrete for `items`: `auto` is iterative when they are multi-label (any has a
+    label set), hash otherwise."""
+    check_stratify(stratify)
+    if stratify == "auto":
+        return "iterative" if any(getattr(it, "labels", None) is not None for it in items) else "hash"
+    return stratify
+
+
+def multi_hot(label_sets: list[set]):
+    """Rows of a boolean class matrix, one per label set, classes in name order (at least two columns:
+    the library takes a one-column matrix for binary targets and refuses it)."""
+    import numpy as np
+
+    classes = sorted(set().union(*label_sets))
+    column = {name: i for i, name in enumerate(classes)}
+    rows = np.zeros((len(label_sets), max(len(classes), 2)), dtype=bool)
+    for r, names in enumerate(label_sets):
+        rows[r, [column[name] for name in names]] = True
+    return rows
+
+
+def hash_assign(hashes: dict[str, float], fractions: dict[str, float]) -> dict[str, str]:
+    """{unit: split}: each split in `fractions`, in order, takes its fraction of the hash range."""
+    split_of = {}
+    for unit, value in hashes.items():
+        edge = 0.0
+        for name, fraction in fractions.items():
+            edge += fraction
+            if value < edge:
+                split_of[unit] = name
+                break
+        else:
+            split_of[unit] = "train"
+    return split_of
+
+
+def stratified_assign(labels: dict[str, set], fractions: dict[str, float], seed: int) -> dict[str, str]:
+    """{unit: split} by iterative stratification of the units' label sets: each split in `fractions`, in
+    order, takes its fraction of all units from those the splits before it left."""
+    import numpy as np
+    from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit  # imports scikit-learn: only when used
+
+    units = sorted(labels)  # the order decides ties: by name, not by the order the dataset listed its files
+    rows = multi_hot([labels[u] for u in units])
+    split_of = dict.fromkeys(units, "train")
+    left, share = np.arange(len(units)), 1.0
+    for name, fraction in fractions.items():
+        # As many units as test_size=fraction of those left would take (sklearn rounds up), but always
+        # one unit left over for training, which the library insists on.
+        count = min(math.ceil(fraction / share * len(left)), len(left) - 1)
+        share -= fraction
+        if fraction <= 0 or count < 1:
+            continue
+        splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=count, random_state=seed % 2**32)
+        keep, take = next(splitter.split(np.zeros(len(left)), rows[left]))
+        for i in left[take]:
+            split_of[units[i]] = name
+        left = left[keep]
+    return split_of
 
 
 def use_groups(items: list, split_by: str, purpose: str) -> bool:
@@ -78,22 +156,38 @@ def unit_of(item, by_group: bool, root: Path | None) -> str:
 
 
 def carve(
-    items: list, fractions: dict[str, float], seed: int, by_group: bool, root: Path | None = None
+    items: list,
+    fractions: dict[str, float],
+    seed: int,
+    by_group: bool,
+    root: Path | None = None,
+    method: str = "hash",
 ) -> dict[str, list]:
-    """Divide `items` among the splits named in `fractions` (in order, each taking its fraction of the
-    hash range) and "train" (the rest). A class whose every unit would leave training stays in training."""
+    """Divide `items` among the splits named in `fractions` (each taking about its fraction of the units)
+    and "train" (the rest): by hash, or by iterative stratification (`method`, see the module doc). Then
+    the rescues both share: a class whose every unit would leave training stays in training, and a split
+    left empty takes a unit."""
+    if method not in ("hash", "iterative"):
+        raise ValueError(f"carve: method={method!r}, expected hash or iterative")
     unit = {id(it): unit_of(it, by_group, root) for it in items}
     hashes = {u: unit_hash(seed, u) for u in unit.values()}
+    if method == "iterative":
+        labels = defaultdict(set)
+        for it in items:
+            labels[unit[id(it)]].update(labels_of(it))
+        split_of = stratified_assign(labels, fractions, seed)
+    else:
+        split_of = hash_assign(hashes, fractions)
     out = {name: [] for name in (*fractions, "train")}
     for item in items:
-        edge = 0.0
-        for name, fraction in fractions.items():
-            edge += fraction
-            if hashes[unit[id(item)]] < edge:
-                out[name].append(item)
-                break
-        else:
-            out["train"].append(item)
+        out[split_of[unit[id(item)]]].append(item)
+    log.info(
+        "%s carved by %s of %d %s",
+        "/".join(fractions),
+        "iterative stratification" if method == "iterative" else "hash",
+        len(hashes),
+        "groups" if by_group else "files",
+    )
 
     def move(units: set, source: str, target: str) -> None:
         out[target] += [it for it in out[source] if unit[id(it)] in units]
@@ -119,21 +213,29 @@ def carve(
             move(back, name, "train")
     for name, fraction in fractions.items():
         if fraction > 0 and not out[name]:
-            # Small data can leave a split empty by chance: it takes the training unit of lowest hash
-            # whose departure leaves every class in training.
+            # Small data can leave a split empty (by chance, or every class too rare to give a unit): it takes
+            # the training unit of lowest hash whose departure leaves every class in training.
             kept = classes(out["train"])
             for candidate in sorted({unit[id(it)] for it in out["train"]}, key=hashes.get):
                 if classes([it for it in out["train"] if unit[id(it)] != candidate]) == kept:
-                    log.info("%s: no unit hashed into it; it takes %s", name, candidate)
+                    log.info("%s: no unit was carved into it; it takes %s", name, candidate)
                     move({candidate}, "train", name)
                     break
     return out
 
 
 def assign_splits(
-    items: list, val_fraction: float, test_fraction: float, seed: int, split_by: str, root: Path | None = None
+    items: list,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    split_by: str,
+    root: Path | None = None,
+    stratify: str = "hash",
 ) -> dict[str, list]:
-    """Items (with or without a predefined `split`) -> {"train", "val", "test"} (see the module doc)."""
+    """Items (with or without a predefined `split`) -> {"train", "val", "test"} (see the module doc).
+    `stratify`: `data.stratify` (hash by default here, as before it existed; the shipped config says auto)."""
+    check_stratify(stratify)
     bad = sorted({it.split for it in items} - {None, *SPLITS})
     if bad:
         raise DataError(f"unknown split names {bad}: expected train, val or test")
@@ -142,14 +244,14 @@ def assign_splits(
     test = fixed["test"]
     if not test and test_fraction > 0:
         by_group = use_groups(unmarked, split_by, "test split")
-        carved = carve(unmarked, {"test": test_fraction}, seed, by_group, root)
+        carved = carve(unmarked, {"test": test_fraction}, seed, by_group, root, stratify_method(unmarked, stratify))
         test, unmarked = carved["test"], carved["train"]
     pool = fixed["train"] + unmarked
     val = fixed["val"]
     if not val and val_fraction > 0:
         by_group = use_groups(pool, split_by, "validation split")
         # Salted apart from the test carve, so validation is not simply the next slice of the same hash.
-        carved = carve(pool, {"val": val_fraction}, seed + 1, by_group, root)
+        carved = carve(pool, {"val": val_fraction}, seed + 1, by_group, root, stratify_method(pool, stratify))
         val, pool = carved["val"], carved["train"]
     splits = {"train": pool, "val": val, "test": test}
     for name in ("val", "test"):
@@ -181,9 +283,12 @@ def cv_scheme(items: list, scheme: str) -> str:
     return scheme
 
 
-def cv_folds(items: list, scheme: str, num_folds: int, seed: int, root: Path | None = None) -> list[tuple[str, list]]:
+def cv_folds(
+    items: list, scheme: str, num_folds: int, seed: int, root: Path | None = None, stratify: str = "hash"
+) -> list[tuple[str, list]]:
     """[(fold name, test items)] for a resolved scheme. Fold membership is balanced: units are ordered by
-    hash and dealt out in turn (per label for files, so every fold holds every class)."""
+    hash and dealt out in turn (per label for files, so every fold holds every class), or, for files where
+    `stratify` resolves to iterative, divided by iterative stratification of their label sets."""
     if scheme == "folds":
         by_fold = defaultdict(list)
         for it in items:
@@ -204,6 +309,22 @@ def cv_folds(items: list, scheme: str, num_folds: int, seed: int, root: Path | N
         fold_of = {g: i % num_folds for i, g in enumerate(groups)}
         for it in items:
             folds[fold_of[it.group]].append(it)
+    elif stratify_method(items, stratify) == "iterative":
+        import numpy as np
+        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold  # imports scikit-learn: only when used
+
+        by_unit = defaultdict(list)
+        for it in items:
+            by_unit[unit_of(it, False, root)].append(it)
+        units = sorted(by_unit)
+        if len(units) < num_folds:
+            raise ConfigError(f"cv.folds={num_folds}: only {len(units)} recordings to divide")
+        rows = multi_hot([{name for it in by_unit[u] for name in labels_of(it)} for u in units])
+        splitter = MultilabelStratifiedKFold(n_splits=num_folds, shuffle=True, random_state=seed % 2**32)
+        for k, (_, test) in enumerate(splitter.split(np.zeros(len(units)), rows)):
+            for i in test:
+                folds[k] += by_unit[units[i]]
+        log.info("cross-validation: %d folds by iterative stratification of %d files", num_folds, len(units))
     else:
         by_label = defaultdict(lambda: defaultdict(list))
         for it in items:
@@ -227,15 +348,17 @@ def cv_split(
     seed: int,
     split_by: str = "auto",
     root: Path | None = None,
+    stratify: str = "hash",
 ) -> dict[str, list]:
     """Fold `fold` as the test split; validation carved from the other folds (by group when known)."""
-    folds = cv_folds(items, cv_scheme(items, scheme), num_folds, seed, root)
+    folds = cv_folds(items, cv_scheme(items, scheme), num_folds, seed, root, stratify)
     if not 0 <= fold < len(folds):
         raise ConfigError(f"data.cv_fold={fold}: there are {len(folds)} folds (0-{len(folds) - 1})")
     test = folds[fold][1]
     held_out = set(map(id, test))
     rest = [it for it in items if id(it) not in held_out]
-    carved = carve(rest, {"val": val_fraction}, seed + 1, use_groups(rest, split_by, "validation split"), root)
+    by_group = use_groups(rest, split_by, "validation split")
+    carved = carve(rest, {"val": val_fraction}, seed + 1, by_group, root, stratify_method(rest, stratify))
     return {"train": carved["train"], "val": carved["val"], "test": test}
 
 

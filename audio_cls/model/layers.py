@@ -5,6 +5,8 @@ The network protocol: a network is an `nn.Module` with
     forward(x, lengths) -> logits
         x: (batch, time, feat) features, zero- (or anything-) padded past each item's length;
         lengths: (batch,) valid frames of each item; logits: (batch, num_classes).
+    head: nn.Module   (for transfer learning: audio_cls/transfer.py)
+        The classifier, the part shaped by num_classes; every other child module is the backbone (`backbone(net)`).
     min_input_frames() -> int   (optional)
         The fewest frames it accepts (a CNN's convolutions and pooling need a few); 1 when absent.
         Read it with `min_input_frames(net)`.
@@ -47,6 +49,16 @@ def min_input_frames(net: nn.Module) -> int:
     """The fewest frames `net` accepts: `net.min_input_frames()` where the network defines it, else 1."""
     method = getattr(net, "min_input_frames", None)
     return int(method()) if callable(method) else 1
+
+
+def backbone(net: nn.Module) -> list[nn.Module]:
+    """The backbone of `net`: its child modules other than `head`, the classifier."""
+    if not isinstance(getattr(net, "head", None), nn.Module):
+        raise ConfigError(
+            f"{type(net).__name__} has no `head` module (its classifier), which transfer learning needs to tell "
+            f"the backbone from (see audio_cls/model/layers.py)"
+        )
+    return [module for name, module in net.named_children() if name != "head"]
 
 
 def has_frame_head(net: nn.Module) -> bool:
