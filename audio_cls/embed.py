@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +50,7 @@ from audio_cls.data.splits import SPLITS
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.inference import AudioInput, Classifier, collect_sources, extract
 from audio_cls.model.layers import has_frame_head, masked_pool
-from audio_cls.runs import run_task, write_json
+from audio_cls.runs import run_file_task, write_json
 
 log = logging.getLogger(__name__)
 
@@ -432,16 +431,7 @@ def _blank(value) -> str:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="embed")
 def main(cfg: DictConfig) -> None:
-    output_dir = Path(cfg.paths.output_dir)
-    summary: dict = {}
-    run_task(lambda c: summary.update(embed(c)) or summary, cfg, reuse_dir=cfg.overwrite, outputs=OUTPUTS)
-    if summary.get("failed_files"):
-        print(
-            f"error: {summary['failed_files']} of {summary['files']} files could not be read; they are listed "
-            f"with their error in {output_dir / 'failed.csv'}",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
+    run_file_task(embed, cfg, OUTPUTS, listed_in="failed.csv")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from tqdm import tqdm
 from audio_cls import CONF_DIR
 from audio_cls.errors import DataError
 from audio_cls.inference import Classifier, Prediction, Source, collect_sources
-from audio_cls.runs import run_task, write_json
+from audio_cls.runs import run_file_task, write_json
 
 log = logging.getLogger(__name__)
 
@@ -252,16 +251,7 @@ def table(results: list, input_path: Path, summary: dict, output_dir: Path) -> s
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
-    output_dir = Path(cfg.paths.output_dir)
-    summary: dict = {}
-    run_task(lambda c: summary.update(predict(c)) or summary, cfg, reuse_dir=cfg.overwrite, outputs=OUTPUTS)
-    if summary.get("failed_files"):
-        print(
-            f"error: {summary['failed_files']} of {summary['files']} files could not be read; they are listed "
-            f"with their error in {output_dir / 'predictions.csv'}",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
+    run_file_task(predict, cfg, OUTPUTS, listed_in="predictions.csv")
 
 
 if __name__ == "__main__":

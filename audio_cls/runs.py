@@ -140,6 +140,23 @@ def check_writable(output_dir: Path) -> None:
         log.warning("Only %.2f GB free under %s: checkpoints may not fit", free_gb, output_dir)
 
 
+def run_file_task(
+    task: Callable[[DictConfig], dict], cfg: DictConfig, outputs: tuple[str, ...], listed_in: str
+) -> None:
+    """`run_task` for a task over files (predict, embed), whose result counts `files` and `failed_files`: when some
+    could not be read, one line names the file `listed_in` that lists them with their errors, and the command exits
+    with status 2 (the rest was done and written)."""
+    summary: dict = {}
+    run_task(lambda c: summary.update(task(c)) or summary, cfg, reuse_dir=cfg.overwrite, outputs=outputs)
+    if summary.get("failed_files"):
+        print(
+            f"error: {summary['failed_files']} of {summary['files']} files could not be read; they are listed "
+            f"with their error in {Path(cfg.paths.output_dir) / listed_in}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+
+
 def run_task(
     task: Callable[[DictConfig], dict], cfg: DictConfig, reuse_dir: bool = False, outputs: tuple[str, ...] | None = None
 ) -> float:
