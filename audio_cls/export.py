@@ -45,7 +45,7 @@ from torch import nn
 from audio_cls import CONF_DIR
 from audio_cls.errors import ConfigError
 from audio_cls.features import FeatureExtractor
-from audio_cls.inference import Classifier, InferenceGraph, collect_sources, extract
+from audio_cls.inference import Classifier, FrameGraph, InferenceGraph, collect_sources, extract
 from audio_cls.module import AudioClassifier, frame_hop
 from audio_cls.runs import run_task, write_json
 
@@ -55,18 +55,6 @@ FORMATS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 FRONTENDS = ("auto", "inside", "outside")
 OUTPUT_NAMES = ("logits", "probabilities")
 FRAME_OUTPUT_NAMES = ("frame_probabilities", "frame_lengths")  # after OUTPUT_NAMES, sound event detection only
-
-
-class FrameGraph(InferenceGraph):
-    """InferenceGraph of a sound event detection model: the clip outputs, then the frames' -> (logits,
-    probabilities (sigmoid), frame_probabilities (batch, frames', classes) (sigmoid of the frame logits),
-    frame_lengths (batch,) int64 valid frames)."""
-
-    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.features is not None:
-            inputs, lengths = extract(self.features, inputs, lengths)
-        logits, frame_logits, frame_lengths = self.net.forward_frames(inputs, lengths)
-        return logits, torch.sigmoid(logits), torch.sigmoid(frame_logits), frame_lengths.to(torch.int64)
 
 
 def inference_graph(module: AudioClassifier, features: FeatureExtractor | None, net: nn.Module) -> InferenceGraph:

@@ -118,6 +118,18 @@ def minimum_samples(features: FeatureExtractor, net: torch.nn.Module, limit: int
     return low
 
 
+class FrameGraph(InferenceGraph):
+    """InferenceGraph of a sound event detection model: the clip outputs, then the frames' -> (logits,
+    probabilities (sigmoid), frame_probabilities (batch, frames', classes) (sigmoid of the frame logits),
+    frame_lengths (batch,) int64 valid frames)."""
+
+    def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.features is not None:
+            inputs, lengths = extract(self.features, inputs, lengths)
+        logits, frame_logits, frame_lengths = self.net.forward_frames(inputs, lengths)
+        return logits, torch.sigmoid(logits), torch.sigmoid(frame_logits), frame_lengths.to(torch.int64)
+
+
 class Classifier:
     """A trained network with its front end, in eval mode, for inference on any device.
 
@@ -341,10 +353,11 @@ class Classifier:
         """Frame probabilities (frames, classes) of a whole mono waveform (samples,) at the model's rate, and the
         seconds per frame (networks with a frame head)."""
         wave = self._pad(wave, self.min_samples).to(self.device, torch.float32)[None]
-        inputs, frames = extract(self.features, wave, torch.tensor([wave.shape[1]], device=self.device))
-        _, frame_logits, frame_lengths = self.net.forward_frames(inputs, frames)
+        # The exported graph of a sound event detection model (export.py), so that both give the same frames.
+        graph = FrameGraph(self.features, self.net, self.multilabel)
+        _, _, probs, frame_lengths = graph(wave, torch.tensor([wave.shape[1]], device=self.device))
         hop = frame_hop(self.features.hop_samples / self.sample_rate, self.net)
-        return torch.sigmoid(frame_logits[0, : int(frame_lengths[0])].float()).cpu(), hop
+        return probs[0, : int(frame_lengths[0])].float().cpu(), hop
 
     def events(self, wave: torch.Tensor) -> list[tuple[float, float, str, float]]:
         """Sound events (onset s, offset s, label, score) of a whole waveform, at the model's thresholds."""
