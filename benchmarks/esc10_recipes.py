@@ -54,6 +54,10 @@ RECIPES = {
     "+ wider + time shift 1 s, gain +-6 dB": [*MILD, *EPOCHS_150],
     "+ wider + mixup 0.5, SpecAugment 16/40": [*NO_SHIFT, *EPOCHS_150],
     "esc50_cnn as shipped: wider + shift + mixup 0.5 + SpecAugment 16/40, 200 epochs": [],
+    "esc50_cnn as shipped, seed=1 (how far the training seed alone moves the mean)": ["seed=1"],
+    "esc50_cnn as shipped, seed=2": ["seed=2"],
+    "esc50_cnn + 128 mel bands": ["features.n_mels=128"],
+    "esc50_cnn + 300 epochs": ["trainer.max_epochs=300"],
 }
 
 
