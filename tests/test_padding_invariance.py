@@ -99,8 +99,11 @@ def test_item_alone_and_in_any_padded_batch_give_the_same_logits(network, data, 
 @settings(max_examples=8, deadline=None)
 @given(data=st.data(), pad_value=PADDING)
 def test_batch_norm_statistics_come_from_valid_frames_only(name, data, pad_value):
-    """Training mode: the same items padded differently give the same outputs and running statistics."""
+    """Training mode: the same items padded differently give the same outputs and running statistics. In float64:
+    a batch of two one-frame items has a variance of two values, which amplifies float32 rounding (the sum over
+    more padded zeros is ordered differently) past any tolerance that would still catch leaking padding."""
     net, num_features = build(name)
+    net = net.double()
     net.train()
     for module in net.modules():  # dropout aside: it draws new masks for every call
         if isinstance(module, torch.nn.Dropout):
@@ -108,9 +111,9 @@ def test_batch_norm_statistics_come_from_valid_frames_only(name, data, pad_value
     low = shortest(net)
     lengths = data.draw(st.lists(st.integers(low, low + 40), min_size=2, max_size=5), label="lengths")
     extra = data.draw(st.integers(1, 20), label="extra padding")
-    items = [torch.randn(n, num_features) for n in lengths]
+    items = [torch.randn(n, num_features, dtype=torch.float64) for n in lengths]
     tight = torch.nn.utils.rnn.pad_sequence(items, batch_first=True)
-    loose = torch.full((len(items), tight.shape[1] + extra, num_features), pad_value)
+    loose = torch.full((len(items), tight.shape[1] + extra, num_features), pad_value, dtype=torch.float64)
     loose[:, : tight.shape[1]] = tight
     for i, n in enumerate(lengths):
         loose[i, n:] = pad_value

@@ -259,7 +259,8 @@ class _MaskedBatchNorm:
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if lengths is None or not (self.training and self.track_running_stats):
             return super().forward(x)
-        dtype, x = x.dtype, x.float()  # statistics in float32, also under mixed precision
+        # statistics in float32 at least, also under mixed precision (and in float64 for a float64 network)
+        dtype, x = x.dtype, x.to(torch.promote_types(x.dtype, torch.float32))
         mask = frame_mask(lengths.to(x.device), x.shape[-1])
         mask = mask.view(mask.shape[0], 1, *([1] * (x.dim() - 3)), mask.shape[1])
         dims = [d for d in range(x.dim()) if d != 1]
