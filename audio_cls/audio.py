@@ -7,9 +7,11 @@ soundfile decodes (WAV, FLAC, OGG, MP3 with libsndfile >= 1.1, ...); torchaudio 
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -26,22 +28,25 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
 
 def audio_files(
-    folder: Path, others: Counter | None = None, skipped: list[tuple[str, str]] | None = None
-) -> list[Path]:
-    """The audio files (by extension) in `folder` and below, sorted; `others` counts the other files
+    folder: str | Path, others: Counter | None = None, skipped: list[tuple[str, str]] | None = None
+) -> list[str]:
+    """The paths of the audio files (by extension) in `folder` and below, sorted as Paths sort (strings: a
+    Path each costs 20 us, 2 s at 100k files); `others` counts the other files
     found, by extension (by name when there is none). Entries named like audio that are not files (a
     broken symbolic link, a folder called x.wav) go to `skipped` as (path, reason); without that list
     they are logged here, so they never vanish without a word."""
     found, unusable = [], []
-    for path in sorted(folder.rglob("*")):
-        audio_named = path.suffix.lower() in AUDIO_EXTENSIONS
-        if path.is_file():
-            if audio_named:
+    for path, is_file in _walk(str(folder)):
+        suffix = os.path.splitext(path)[1].lower()
+        if is_file:
+            if suffix in AUDIO_EXTENSIONS:
                 found.append(path)
             elif others is not None:
-                others[path.suffix.lower() or path.name] += 1
-        elif audio_named:
-            unusable.append((str(path), f"{path}: {_not_a_file(path)}"))
+                others[suffix or os.path.basename(path)] += 1
+        elif suffix in AUDIO_EXTENSIONS:
+            unusable.append((path, f"{path}: {_not_a_file(Path(path))}"))
+    found.sort(key=lambda p: p.split(os.sep))
+    unusable.sort(key=lambda entry: entry[0].split(os.sep))
     if skipped is not None:
         skipped.extend(unusable)
     elif unusable:
@@ -51,6 +56,16 @@ def audio_files(
             "; ".join(reason for _, reason in unusable[:5]),
         )
     return found
+
+
+def _walk(folder: str):
+    """(path, is a file) of every entry below `folder`, like rglob("*") (symbolic links to folders are listed,
+    not followed), from os.scandir: one system call per folder, not two per file."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            yield entry.path, entry.is_file()
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk(entry.path)
 
 
 def _not_a_file(path: Path) -> str:
@@ -74,11 +89,24 @@ def require_decoder(path: str | Path) -> None:
         )
 
 
-def audio_info(path: str | Path) -> sf._SoundFileInfo:
+class AudioInfo(NamedTuple):
+    samplerate: int
+    frames: int
+    channels: int
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.samplerate
+
+
+def audio_info(path: str | Path) -> AudioInfo:
     """Header of `path` (frames, samplerate, channels); a clear DataError if it cannot be read."""
     require_decoder(path)
     try:
-        info = sf.info(str(path))
+        # SoundFile rather than sf.info, which also formats libsndfile's log: 40 us a file instead of 100,
+        # what start-up pays for every file of a dataset
+        with sf.SoundFile(str(path)) as f:
+            info = AudioInfo(f.samplerate, f.frames, f.channels)
     except Exception as err:  # soundfile raises RuntimeError/LibsndfileError/TypeError by backend
         raise DataError(f"{path}: soundfile cannot read it ({_short(err)})") from None
     if info.frames <= 0:

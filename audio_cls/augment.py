@@ -80,7 +80,7 @@ class BackgroundNoise(nn.Module):
         folder = Path(noise_dir).expanduser()
         if not folder.is_dir():
             raise ConfigError(f"augment.waveform.noise_dir={noise_dir}: no such directory")
-        self.files = [str(p) for p in audio_files(folder)]
+        self.files = audio_files(folder)
         if not self.files:
             raise ConfigError(
                 f"augment.waveform.noise_dir={noise_dir}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in it"

@@ -398,7 +398,7 @@ def collect_sources(spec: str) -> list[Source]:
         files = audio_files(path)
         if not files:
             raise DataError(f"input={spec}: no audio files ({', '.join(AUDIO_EXTENSIONS)}) in it or below")
-        return [Source(p) for p in files]
+        return [Source(Path(p)) for p in files]
     if path.suffix.lower() == ".csv" and path.is_file():
         return read_manifest(path)
     if not path.exists():

@@ -41,7 +41,7 @@ def test_mp3_files_are_found_and_read(tmp_path):
     write_mp3(root / "low" / "UPPER.MP3", freq=300.0)
     others = Counter()
     found = audio_files(root, others)
-    assert mp3 in found and root / "low" / "UPPER.MP3" in found and not others
+    assert str(mp3) in found and str(root / "low" / "UPPER.MP3") in found and not others
     wave = load_audio(mp3, 8000)  # decoded and resampled like any other format
     assert wave.dim() == 1 and abs(wave.numel() - 4000) < 1200 and float(wave.abs().max()) > 0.2
     dm = build_folder(root)
@@ -74,7 +74,7 @@ def test_broken_links_and_folders_named_like_audio_are_skipped_with_reasons(tmp_
     folder.mkdir()
     skipped = []
     found = audio_files(root, skipped=skipped)
-    assert broken not in found and folder not in found
+    assert str(broken) not in found and str(folder) not in found
     assert dict(skipped) == {
         str(broken): f"{broken}: a broken symbolic link (to {root / 'low' / 'no_such_file.wav'})",
         str(folder): f"{folder}: a folder, not an audio file",

@@ -142,7 +142,7 @@ def test_ddp_on_two_cpu_processes_writes_one_run(fsdd_slice, tmp_path):
     metrics = json.loads((runs[0] / "metrics.json").read_text())
     assert metrics["status"] == "finished" and 0 <= metrics["test/acc"] <= 1
     assert (runs[0] / "checkpoints" / "last.ckpt").is_file()
-    assert len(list((tmp_path / "cache").glob("FSDD-*.pt"))) == 3  # train, val, test; no temporary left
+    assert len(list((tmp_path / "cache").glob("FSDD-*.pt"))) == 4  # train, val, test, statistics; no temporary left
     assert not list((tmp_path / "cache").glob("*.tmp"))
 
 
@@ -222,6 +222,6 @@ def test_processes_filling_the_cache_at_once_do_not_collide(fsdd_slice, tmp_path
     for w in writers:
         w.join()
     assert not errors, errors
-    files = list(tmp_path.iterdir())
+    files = [p for p in tmp_path.iterdir() if p.name != "index"]  # index/: the file index of _check_splits
     assert len(files) == 1 and files[0].suffix == ".pt"
     assert len(torch.load(files[0], weights_only=True)) == len(dm.splits["val"])

@@ -26,8 +26,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from audio_cls.audio import audio_info, load_audio
+from audio_cls.audio import load_audio
 from audio_cls.augment import SpecAugment, WaveformAugment
+from audio_cls.data.file_index import FileEntry, FileIndex
 from audio_cls.data.splits import (
     SPLITS,
     assign_splits,
@@ -220,7 +221,13 @@ class CachedFeatureDataset(AudioDataset):
         # before a dataset of this kind is made).
         self.normalized = None
         if not (self.frames is not None and self.random_crop):
-            self.normalized = [self._normalize(x, False) for x in cached]
+            if isinstance(self.features.norm, (GlobalNorm, type(None))) and cached:
+                # per feature, whatever the neighbours: all recordings at once (100k one by one took 11 s)
+                crops = cached if self.frames is None else [crop_or_pad(x, self.frames, False) for x in cached]
+                flat = self.features.apply_norm(torch.cat(crops)[None])[0]
+                self.normalized = [x[None] for x in flat.split([len(x) for x in crops])]
+            else:
+                self.normalized = [self._normalize(x, False) for x in cached]
 
     def _normalize(self, x: torch.Tensor, random_crop: bool) -> torch.Tensor:
         if self.frames is not None:
@@ -230,6 +237,15 @@ class CachedFeatureDataset(AudioDataset):
     def inputs(self, index: int) -> torch.Tensor:
         x = self.normalized[index] if self.normalized is not None else self._normalize(self.cached[index], True)
         return (self.spec_augment(x) if self.spec_augment is not None else x)[0]
+
+
+def _concatenate(items: list[dict | None]) -> tuple[torch.Tensor, list[int | None]]:
+    """A batch of RawFeatureDataset items as one (frames, feat) tensor and each item's frames (None: a file
+    left out): a worker hands each tensor over through a file descriptor and a socket of its own, 1.3 ms a
+    recording, so one tensor per batch instead of one per recording."""
+    inputs = [it["inputs"] for it in items if it is not None]
+    flat = torch.cat(inputs) if inputs else torch.empty(0)
+    return flat, [None if it is None else len(it["inputs"]) for it in items]
 
 
 def crop_or_pad(x: torch.Tensor, length: int, random_crop: bool) -> torch.Tensor:
@@ -440,6 +456,11 @@ class AudioDataModule(L.LightningDataModule):
         check_duplicates: warn about recordings with identical content in two splits (reads every file
             whose size matches one in another split).
         cache_max_gb: the most memory that placement=auto lets the cache take (all splits).
+        file_index: keep what start-up reads of each file (header, a hash of its first 64 KiB, whether it
+            decodes) in `cache_dir/index/`, so that the next start reads only files changed since
+            (`audio_cls/data/file_index.py`); off, every start reads every header.
+        norm_max_files: `features.normalize=global` measures its statistics on at most this many training
+            recordings (a fixed random sample; null: all), and keeps them in `cache_dir`.
         cache_dir: where `placement=cache` keeps computed features, one file per split, named by
             a hash of the extractor and of the split's files (path, size, modification time).
         task: "multiclass" or "multilabel" (multi-hot targets, also for data with one label per recording);
@@ -479,6 +500,8 @@ class AudioDataModule(L.LightningDataModule):
         max_batch_seconds: float | None = None,
         cache_max_gb: float = 4.0,
         task: str | None = None,
+        file_index: bool = True,
+        norm_max_files: int | None = 5000,
     ):
         super().__init__()
         if task not in (None, "multiclass", "multilabel"):
@@ -487,6 +510,8 @@ class AudioDataModule(L.LightningDataModule):
             raise ConfigError(f"data.on_bad_file={on_bad_file!r}: expected 'error' or 'skip'")
         if batch_size < 1:
             raise ConfigError(f"data.batch_size={batch_size}: must be a positive integer")
+        if norm_max_files is not None and not (isinstance(norm_max_files, int) and norm_max_files >= 1):
+            raise ConfigError(f"data.norm_max_files={norm_max_files}: must be a positive integer (null: all files)")
         if max_batch_seconds is not None and not max_batch_seconds > 0:
             raise ConfigError(f"data.max_batch_seconds={max_batch_seconds}: must be positive (null: batch_size items)")
         for key, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
@@ -536,6 +561,9 @@ class AudioDataModule(L.LightningDataModule):
         self.splits: dict[str, list[Item]] | None = None
         self.class_names: list[str] = []
         self.task = task
+        self.use_file_index = file_index
+        self.norm_max_files = norm_max_files
+        self.file_entries: dict[str, FileEntry] = {}  # what _read_headers learnt of each file (size, mtime, ...)
 
     # --- what a dataset defines --------------------------------------------------------------
     def scan(self) -> list[Item]:
@@ -615,8 +643,7 @@ class AudioDataModule(L.LightningDataModule):
                     self.cached[split] = self._cached_features(split)
         norm = self.features.norm
         if stage in (None, "fit") and isinstance(norm, GlobalNorm) and not bool(norm.fitted):
-            log.info("Measuring global feature statistics on %d training files", len(self.splits["train"]))
-            norm.fit(self._feature_batches("train"))
+            self._fit_norm(norm)
 
     def choose_placement(self) -> str:
         """placement=auto: `cache` when nothing random happens to the waveform (features can then be
@@ -643,19 +670,62 @@ class AudioDataModule(L.LightningDataModule):
         log.info("data.placement=auto: %s (%s)", choice, why)
         return choice
 
-    def _feature_batches(self, split: str):
-        """(features, frame lengths) batches of a split, centre-cropped and not augmented, extracted from the
-        audio in every placement (the cache crops frames, not samples), so that the statistics measured
-        on them are the same whatever the placement."""
+    def _fit_norm(self, norm: GlobalNorm) -> None:
+        """Global statistics of the training features, measured on at most `norm_max_files` training recordings
+        (a fixed random sample: per-band means and deviations of thousands of recordings are those of all of
+        them to a few decimals) and kept in cache_dir, keyed like the feature cache, so that the next start
+        with the same files and extractor measures nothing."""
+        train = self.splits["train"]
+        chosen = list(range(len(train)))
+        if self.norm_max_files is not None and len(train) > self.norm_max_files:
+            order = torch.randperm(len(train), generator=torch.Generator().manual_seed(self.split_seed))
+            chosen = sorted(order[: self.norm_max_files].tolist())
+        path = self._cache_path("norm", [train[i] for i in chosen], random_crop=False)
+        if path.is_file():
+            stats = torch.load(path, weights_only=True)
+            norm.mean.copy_(stats["mean"])
+            norm.std.copy_(stats["std"])
+            norm.fitted.fill_(True)
+            log.info("Global feature statistics of %d training files from %s", len(chosen), path)
+            return
+        log.info("Measuring global feature statistics on %d of %d training files", len(chosen), len(train))
+        norm.fit(self._feature_batches("train", chosen))
+        try:
+            _save_atomically({"mean": norm.mean.clone(), "std": norm.std.clone()}, path)
+        except OSError as err:  # a read-only cache folder costs the next run the measurement, nothing more
+            log.warning("Could not keep the feature statistics in %s (%s)", path, err)
+
+    def _cache_path(self, kind: str, items: list[Item], random_crop: bool) -> Path:
+        """Where features (or statistics) computed from `items` are kept: named by a hash of what the extractor
+        computes and of each file's path, size, modification time and segment."""
+        files = [(it.path, *self._size_and_mtime(it.path), it.start, it.end) for it in items]
+        key = hashlib.sha256(
+            json.dumps(
+                {
+                    "features": self.features.fingerprint(self.sample_rate),
+                    "sample_rate": self.sample_rate,
+                    "num_samples": self.num_samples,
+                    "random_crop": random_crop,
+                    "files": files,
+                }
+            ).encode()
+        ).hexdigest()
+        return self.cache_dir / f"{type(self).__name__}-{kind}-{key[:24]}.pt"
+
+    def _feature_batches(self, split: str, chosen: list[int] | None = None):
+        """(features, frame lengths) batches of a split (of its items at positions `chosen`, default all),
+        centre-cropped and not augmented, extracted from the audio in every placement (the cache crops
+        frames, not samples), so that the statistics measured on them are the same whatever the placement."""
+        chosen = list(range(len(self.splits[split]))) if chosen is None else chosen
         if self.placement == "cache" and self.num_samples is None:
             # The cache holds these very features (checked in tests/test_data.py), before normalization.
-            raw = self.cached[split]
+            raw = [self.cached[split][i] for i in chosen]
             for start in range(0, len(raw), self.batch_size):
                 chunk = raw[start : start + self.batch_size]
                 yield torch.nn.utils.rnn.pad_sequence(chunk, batch_first=True), torch.tensor([len(x) for x in chunk])
             return
         placement = "device" if self.placement == "device" else "worker"
-        dataset = self.dataset(split, placement=placement, augment=False)
+        dataset = torch.utils.data.Subset(self.dataset(split, placement=placement, augment=False), chosen)
         loader = DataLoader(dataset, batch_size=self.batch_size, collate_fn=pad_collate, num_workers=self.num_workers)
         for batch in loader:
             if placement == "device":
@@ -667,40 +737,23 @@ class AudioDataModule(L.LightningDataModule):
         """The split's un-normalized features, from the cache file if it matches, else computed (in the
         DataLoader workers) and stored atomically."""
         items = self.splits[split]
-        files = [(it.path, *_size_and_mtime(it.path), it.start, it.end) for it in items]
-        key = hashlib.sha256(
-            json.dumps(
-                {
-                    "features": self.features.fingerprint(self.sample_rate),
-                    "sample_rate": self.sample_rate,
-                    "num_samples": self.num_samples,
-                    "random_crop": split == "train",
-                    "files": files,
-                }
-            ).encode()
-        ).hexdigest()
-        path = self.cache_dir / f"{type(self).__name__}-{split}-{key[:24]}.pt"
+        path = self._cache_path(split, items, random_crop=split == "train")
         if path.is_file():
             log.info("Features of the %s split (%d files) from %s", split, len(items), path)
             return torch.load(path, weights_only=True)
         log.info("Computing features of the %s split (%d files) for %s", split, len(items), path)
         dataset = self.dataset(split, placement="raw")
-        loader = DataLoader(dataset, batch_size=32, num_workers=self.num_workers, collate_fn=list)
-        # clone(): a tensor from a worker keeps a shared-memory file descriptor open while it lives, and a
-        # cache of thousands of recordings would otherwise hold thousands of them (past `ulimit -n`).
-        computed = [it["inputs"].clone() if it is not None else None for batch in loader for it in batch]
+        loader = DataLoader(dataset, batch_size=32, num_workers=self.num_workers, collate_fn=_concatenate)
+        computed = []
+        for flat, lengths in loader:
+            pieces = iter(flat.split([n for n in lengths if n is not None]))
+            # clone(): a piece of a worker's tensor keeps its shared-memory file descriptor open while it lives,
+            # and a cache of thousands of recordings would otherwise hold thousands of them (past `ulimit -n`).
+            computed.extend(next(pieces).clone() if n is not None else None for n in lengths)
         if any(x is None for x in computed):  # files found bad on reading (skip mode): leave them out
             self.splits[split] = [it for it, x in zip(items, computed) if x is not None]
             computed = [x for x in computed if x is not None]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A temporary name of this process's own: ranks started together (torchrun, srun) all compute the
-        # same file, and each replaces it atomically with identical content.
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            torch.save(computed, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        _save_atomically(computed, path)
         return computed
 
     def _check_splits(self) -> None:
@@ -717,18 +770,34 @@ class AudioDataModule(L.LightningDataModule):
 
     def _read_headers(self) -> None:
         """Read every header now, so a broken file fails at start-up, not in epoch 7; with on_bad_file=skip,
-        leave out (and count) the files that cannot be used. Records durations and the shortest recording."""
+        leave out (and count) the files that cannot be used. Records durations and the shortest recording.
+        What was read is kept in the file index (`data.file_index`), so the next start reads only the files
+        that changed since."""
+        index = self.file_index()
+        items = [item for split in SPLITS for item in self.splits[split]]
+        entries = index.lookup(item.path for item in items)
+        if self.on_bad_file == "skip":  # decode every sample too, so that NaN files are counted now
+            index.check_decoding([path for path, entry in entries.items() if entry.error is None])
+            entries = {path: index.entries.get(path, entry) for path, entry in entries.items()}
+        if index.read:
+            log.info(
+                "Read the headers of %d of %d files (the others are unchanged since %s)",
+                index.read,
+                len(entries),
+                index.path,
+            )
         shortest = None
         for split in SPLITS:
             usable = []
             for item in self.splits[split]:
+                entry = entries[item.path]
                 try:
-                    info = audio_info(item.path)
-                    seconds = _segment_seconds(item, info)
-                    if self.on_bad_file == "skip":  # read the samples too, so NaN files are counted now
-                        load_audio(item.path, info.samplerate, item.start, item.end)
+                    if entry.error is not None:
+                        raise DataError(entry.error)
+                    seconds = _segment_seconds(item, entry)
                 except DataError as err:
                     if self.on_bad_file == "error":
+                        index.save(entries)  # what was read stays read
                         raise
                     self.skipped.append((item.path, str(err)))
                     continue
@@ -738,6 +807,8 @@ class AudioDataModule(L.LightningDataModule):
                 if shortest is None or samples < shortest[0]:
                     shortest = (samples, item.path)
             self.splits[split] = usable
+        index.save(entries)
+        self.file_entries = entries
         if self.skipped:  # here (data.on_bad_file=skip) or by scan() (a manifest's missing files, broken links)
             log.warning(
                 "Skipped %d files that cannot be used (listed in skipped_files.csv), e.g. %s",
@@ -747,6 +818,17 @@ class AudioDataModule(L.LightningDataModule):
         if not self.splits["train"]:
             raise DataError(f"{type(self).__name__}: the training split is empty")
         self.shortest_samples, self.shortest_path = shortest
+
+    def _size_and_mtime(self, path: str) -> tuple[int, int]:
+        entry = self.file_entries.get(path)  # as _read_headers saw it: no second stat of every file
+        if entry is None:
+            stat = os.stat(path)
+            return stat.st_size, stat.st_mtime_ns
+        return entry.size, entry.mtime_ns
+
+    def file_index(self) -> FileIndex:
+        """The dataset's index of file headers (kept under cache_dir when data.file_index is on)."""
+        return FileIndex.for_dataset(self.cache_dir if self.use_file_index else None, type(self).__name__, self.root)
 
     def _check_classes(self) -> None:
         """The classes are the training split's: at least two, every val/test label among them, and neither
@@ -803,7 +885,7 @@ class AudioDataModule(L.LightningDataModule):
             )
 
     def _find_duplicates(self) -> None:
-        self.duplicates = duplicates_across_splits(self.splits)
+        self.duplicates = duplicates_across_splits(self.splits, self.file_entries)
         if self.duplicates:
             a_split, a, b_split, b = self.duplicates[0]
             log.warning(
@@ -951,9 +1033,9 @@ class AudioDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False, by_length=False)  # predictions in file order
 
 
-def _segment_seconds(item: Item, info) -> float:
+def _segment_seconds(item: Item, entry: FileEntry) -> float:
     """Duration of the item (the whole file or its segment); a DataError if the segment does not fit."""
-    duration = info.frames / info.samplerate
+    duration = entry.seconds
     if item.start is None and item.end is None:
         return duration
     start, end = item.start or 0.0, duration if item.end is None else item.end
@@ -962,9 +1044,16 @@ def _segment_seconds(item: Item, info) -> float:
     return end - start
 
 
-def _size_and_mtime(path: str) -> tuple[int, int]:
-    stat = os.stat(path)
-    return stat.st_size, stat.st_mtime_ns
+def _save_atomically(obj, path: Path) -> None:
+    """torch.save to `path` through a temporary name of this process's own: ranks started together (torchrun,
+    srun) all compute the same file, and each replaces it atomically with identical content."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def require_dir(path: str | Path, key: str = "data.root") -> Path:

@@ -10,6 +10,7 @@ a regular expression with a `group` field matched against each file name (e.g. `
 from __future__ import annotations
 
 import logging
+import os
 import re
 import unicodedata
 from collections import Counter
@@ -49,10 +50,10 @@ class Folder(AudioDataModule):
             for path in files:
                 group = None
                 if self.group_pattern is not None:
-                    m = self.group_pattern.search(path.name)
+                    m = self.group_pattern.search(os.path.basename(path))
                     group = m["group"] if m else None
                     unmatched += m is None
-                items.append(Item(str(path), label, group))
+                items.append(Item(path, label, group))
             if not files:
                 empty.append(label)
         # Listed whatever data.on_bad_file says (setup() warns with the count); scan() runs again for

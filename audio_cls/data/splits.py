@@ -370,17 +370,22 @@ def shared_groups(splits: dict[str, list]) -> dict[str, int]:
     return {f"{a}/{b}": len(groups[a] & groups[b]) for a, b in pairs if groups[a] & groups[b]}
 
 
-def duplicates_across_splits(splits: dict[str, list]) -> list[tuple[str, str, str, str]]:
+def duplicates_across_splits(splits: dict[str, list], entries: dict | None = None) -> list[tuple[str, str, str, str]]:
     """[(split, path, other split, other path)] for recordings with identical bytes (or the same file)
     in two splits, where the parts used overlap (segments of one long file in different splits are
     fine when they do not). Files are compared by size, then by a hash of their first 64 KiB, and only
-    then by a hash of all their content, so datasets of equal-length clips are not read whole at every start."""
+    then by a hash of all their content, so datasets of equal-length clips are not read whole at every start.
+    `entries` ({path: FileEntry}, the file index's) give sizes and first-64-KiB hashes without reading."""
     segments = defaultdict(list)  # (split, path) -> [(start, end)] used from it
     for name, items in splits.items():
         for it in items:
             segments[name, it.path].append((it.start or 0.0, math.inf if it.end is None else it.end))
     candidates = [sorted(segments)]
-    for key in (os.path.getsize, lambda p: _content_hash(p, 1 << 16), _content_hash):
+    if entries is not None:
+        keys = (lambda p: (entries[p].size, entries[p].head_hash), _content_hash)
+    else:
+        keys = (os.path.getsize, lambda p: _content_hash(p, 1 << 16), _content_hash)
+    for key in keys:
         groups = defaultdict(list)
         for group in candidates:
             for name, path in group:
