@@ -136,3 +136,24 @@ def test_an_index_from_another_version_or_damaged_is_rebuilt(tmp_path, counted, 
     with caplog.at_level(logging.WARNING):
         build(tmp_path / "data", tmp_path / "cache")
     assert "Ignoring the file index" in caplog.text and counted["headers"] == 2 * len(files)
+
+
+def test_building_or_reading_caches_leaves_the_global_random_state_alone(tmp_path):
+    """Measuring statistics and filling the feature cache happen in the first run only: if their loaders drew
+    from torch's global generator, the first run after a change would start from other weights, and draw
+    other batches, than every later run with the same seed."""
+    write_tone_dataset(tmp_path / "data")
+    after = []
+    for _ in range(2):  # cold: statistics and features computed; warm: read back
+        torch.manual_seed(0)
+        dm = Folder(
+            root=str(tmp_path / "data"),
+            features=LogMel(16000, hop_length=160, normalize="global"),
+            sample_rate=16000,
+            num_workers=2,
+            cache_dir=str(tmp_path / "cache"),
+            placement="cache",
+        )
+        dm.setup("fit")
+        after.append(torch.rand(3))
+    torch.testing.assert_close(after[0], after[1], rtol=0, atol=0)

@@ -224,4 +224,4 @@ def test_processes_filling_the_cache_at_once_do_not_collide(fsdd_slice, tmp_path
     assert not errors, errors
     files = [p for p in tmp_path.iterdir() if p.name != "index"]  # index/: the file index of _check_splits
     assert len(files) == 1 and files[0].suffix == ".pt"
-    assert len(torch.load(files[0], weights_only=True)) == len(dm.splits["val"])
+    assert len(torch.load(files[0], weights_only=True)["frames"]) == len(dm.splits["val"])
