@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from hydra import compose, initialize_config_dir
 
 from audio_cls.augment import BackgroundNoise, RandomGain, RandomShift, SpecAugment, WaveformAugment, mixup
 from audio_cls.data.base import Item, multilabel_item
@@ -773,12 +774,28 @@ def test_balanced_sampling_draws_classes_equally(tmp_path):
 
 
 # --- every data and augment config, as composed from the command line ---------------------------
-@pytest.mark.parametrize("option", ["fsdd", "folder", "manifest", "esc50", "speech_commands", "fsdd_mix", "fsd50k"])
+DATA_OPTIONS = ["fsdd", "folder", "manifest", "esc50", "speech_commands", "fsdd_mix", "fsd50k", "shards"]
+
+
+def write_tone_shards(tmp_path):
+    """A folder of tones written into shards by audio_cls.shard's function (data=shards; tests/test_shards.py)."""
+    pytest.importorskip("litdata")
+    from audio_cls.shard import write_shards
+    from test_configs import CONF
+
+    write_tone_dataset(tmp_path / "tones")
+    overrides = ["data=folder", f"data.root={tmp_path / 'tones'}", f"output={tmp_path / 'shards'}"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        write_shards(compose("shard", overrides=[*overrides, f"paths.cache_dir={tmp_path / 'cache'}"]))
+    return tmp_path / "shards"
+
+
+@pytest.mark.parametrize("option", DATA_OPTIONS)
 def test_each_data_config_composes_checks_and_builds(option, tmp_path, fsdd_slice):
     from audio_cls.config_checks import check_config
     from test_configs import compose_train, options
 
-    assert set(options("data")) == {"fsdd", "folder", "manifest", "esc50", "speech_commands", "fsdd_mix", "fsd50k"}
+    assert set(options("data")) == set(DATA_OPTIONS)
     root = {
         "fsdd": lambda: fsdd_slice,
         "folder": lambda: (write_tone_dataset(tmp_path), tmp_path)[1],
@@ -789,6 +806,7 @@ def test_each_data_config_composes_checks_and_builds(option, tmp_path, fsdd_slic
         ),
         "fsdd_mix": lambda: tmp_path / "mix",
         "fsd50k": lambda: write_fsd50k(tmp_path),
+        "shards": lambda: write_tone_shards(tmp_path),
     }[option]()
     overrides = [f"data={option}", f"data.root={root}", "data.num_workers=0", "augment=speech"]
     if option == "fsdd_mix":  # multi-label with event times: no time shift (it would move the audio off them)
