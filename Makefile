@@ -2,7 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help install lint format test test-fast train sweep report bench tensorboard clean predict export notebook
+.PHONY: help install lint format test test-fast train sweep report bench tensorboard clean predict export notebook bench-scale
 .DEFAULT_GOAL := help
 
 help:  ## list the targets (this list)
@@ -38,6 +38,12 @@ bench:  ## benchmarks (not tests): features, training overhead, time to 97% and 
 	$(BIN)/pip install -q -e '.[bench]'
 	cd benchmarks && ../$(BIN)/python bench_features.py && ../$(BIN)/python bench_training.py \
 		&& ../$(BIN)/python bench_time_to_accuracy.py && ../$(BIN)/python bench_make_train.py
+
+SCALE_SIZES ?= 10000 100000
+SCALE_ROWS ?= 1000000
+bench-scale:  ## data at scale (not in test/bench): generates 10k/100k recordings and a 1M-row manifest in logs/scale_data, then times start-up, memory and clips/s against FSDD (SCALE_SIZES=10000 SCALE_ROWS=0: the small set)
+	cd benchmarks && ../$(BIN)/python gen_scale_data.py --sizes $(SCALE_SIZES) --manifest-rows $(SCALE_ROWS) \
+		&& ../$(BIN)/python bench_scale.py --sizes $(SCALE_SIZES) --manifest-rows $(SCALE_ROWS) $(ARGS)
 
 tensorboard:  ## serve the TensorBoard logs of every run under logs/
 	$(BIN)/tensorboard --logdir logs --bind_all
