@@ -36,7 +36,7 @@ def audio_files(
     broken symbolic link, a folder called x.wav) go to `skipped` as (path, reason); without that list
     they are logged here, so they never vanish without a word."""
     found, unusable = [], []
-    for path, is_file in _walk(str(folder)):
+    for path, is_file in _walk(str(folder), unusable):
         suffix = os.path.splitext(path)[1].lower()
         if is_file:
             if suffix in AUDIO_EXTENSIONS:
@@ -58,14 +58,20 @@ def audio_files(
     return found
 
 
-def _walk(folder: str):
+def _walk(folder: str, unreadable: list[tuple[str, str]]):
     """(path, is a file) of every entry below `folder`, like rglob("*") (symbolic links to folders are listed,
-    not followed), from os.scandir: one system call per folder, not two per file."""
-    with os.scandir(folder) as entries:
+    not followed), from os.scandir: one system call per folder, not two per file. Folders that cannot be
+    listed (no permission, e.g. lost+found) go to `unreadable` as (path, reason)."""
+    try:
+        entries = os.scandir(folder)
+    except OSError as err:
+        unreadable.append((folder, f"{folder}: a folder that cannot be listed ({err.strerror})"))
+        return
+    with entries:
         for entry in entries:
             yield entry.path, entry.is_file()
             if entry.is_dir(follow_symlinks=False):
-                yield from _walk(entry.path)
+                yield from _walk(entry.path, unreadable)
 
 
 def _not_a_file(path: Path) -> str:

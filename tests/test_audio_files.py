@@ -96,3 +96,23 @@ def test_callers_without_a_skipped_list_get_a_warning(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert audio_files(tmp_path) == []
     assert "a.flac: a broken symbolic link" in caplog.text
+
+
+def test_a_folder_that_cannot_be_listed_is_skipped_with_its_reason(tmp_path, monkeypatch):
+    """rglob passed over unreadable folders (lost+found at a mount point) without a word; the scan lists them."""
+    root = tmp_path / "tones"
+    write_tone_dataset(root)
+    locked = root / "low" / "lost+found"
+    locked.mkdir()
+    scandir = audio.os.scandir
+
+    def refusing(path):
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied")
+        return scandir(path)
+
+    monkeypatch.setattr(audio.os, "scandir", refusing)  # root may list anything: refuse as the file system would
+    skipped = []
+    found = audio_files(root, skipped=skipped)
+    reason = f"{locked}: a folder that cannot be listed (Permission denied)"
+    assert len(found) == 27 and skipped == [(str(locked), reason)]

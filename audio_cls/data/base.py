@@ -770,6 +770,8 @@ class AudioDataModule(L.LightningDataModule):
         if any(x is None for x in computed):  # files found bad on reading (skip mode): leave them out
             self.splits[split] = [it for it, x in zip(items, computed) if x is not None]
             computed = [x for x in computed if x is not None]
+        if not computed:
+            raise DataError(f"{type(self).__name__}: no file of the {split} split could be read (skipped_files.csv)")
         # One tensor and the frames of each recording: torch.load takes ~0.1 ms per tensor (10 s for 100k recordings)
         _save_atomically({"features": torch.cat(computed), "frames": torch.tensor([len(x) for x in computed])}, path)
         return computed
@@ -795,12 +797,14 @@ class AudioDataModule(L.LightningDataModule):
         items = [item for split in SPLITS for item in self.splits[split]]
         entries = index.lookup(item.path for item in items)
         if self.on_bad_file == "skip":  # decode every sample too, so that NaN files are counted now
-            index.check_decoding([path for path, entry in entries.items() if entry.error is None])
+            whole = {item.path for item in items if item.start is None and item.end is None}
+            index.check_decoding([path for path, entry in entries.items() if entry.error is None and path in whole])
             entries = {path: index.entries.get(path, entry) for path, entry in entries.items()}
-        if index.read:
+        if index.read or index.decoded:
             log.info(
-                "Read the headers of %d of %d files (the others are unchanged since %s)",
+                "Read %d headers and decoded %d files of %d (the others are unchanged since %s)",
                 index.read,
+                index.decoded,
                 len(entries),
                 index.path,
             )
@@ -813,6 +817,8 @@ class AudioDataModule(L.LightningDataModule):
                     if entry.error is not None:
                         raise DataError(entry.error)
                     seconds = _segment_seconds(item, entry)
+                    if self.on_bad_file == "skip" and (item.start is not None or item.end is not None):
+                        load_audio(item.path, entry.samplerate, item.start, item.end)  # this segment, not the file
                 except DataError as err:
                     if self.on_bad_file == "error":
                         index.save(entries)  # what was read stays read

@@ -1,10 +1,11 @@
 """What start-up learns about each recording, kept between runs so that the next start reads no file.
 
 Before training, every header is read (so that a broken file fails now, not in epoch 7), the duplicate check
-hashes the first 64 KiB of files of equal size, and `data.on_bad_file=skip` decodes every file once. At 100k
-files that is most of start-up. `FileIndex` keeps the results in one JSON file per dataset under
-`paths.cache_dir/index/`; an entry is used only while its file's size and modification time are unchanged
-(the same test the feature cache makes), so an edited, replaced or added file is read again and nothing else.
+compares the first 64 KiB of files of equal size (hashed here for every file, as its header is read), and
+`data.on_bad_file=skip` decodes every file once. At 100k files that is most of start-up. `FileIndex` keeps the
+results in one JSON file per dataset under `paths.cache_dir/index/`; an entry is used only while its file's size
+and modification time are unchanged (the same test the feature cache makes), so an edited, replaced or added file
+is read again and nothing else, and a file that failed is read again at every start.
 
     index = FileIndex.for_dataset(cache_dir, "Folder", root)   # None as cache_dir: nothing kept
     entries = index.lookup(paths)                               # {path: FileEntry}; reads only what changed
@@ -34,7 +35,7 @@ _FIELDS = ("size", "mtime_ns", "samplerate", "frames", "head_hash", "error", "de
 
 @dataclass(frozen=True)
 class FileEntry:
-    """One file as last seen: `error` (a one-line reason) when its header cannot be read, else its
+    """One file as last seen: `error` (a one-line reason) when it cannot be used, else its
     `samplerate` and `frames`; `head_hash` of its first 64 KiB; `decodes` True once every sample was read
     and found finite (on_bad_file=skip), False when that failed (then `error` says why), None if never tried."""
 
@@ -67,6 +68,7 @@ class FileIndex:
         self.path = path
         self.entries: dict[str, FileEntry] = {}
         self.read = 0  # files whose header was read in this run (not taken from the index)
+        self.decoded = 0  # files decoded whole in this run (check_decoding)
         self._changed = False
         if path is not None and path.is_file():
             self.entries = self._load(path)
@@ -90,7 +92,9 @@ class FileIndex:
                 found[path] = FileEntry(-1, -1, error=f"{path}: cannot be read ({err.strerror})")
                 continue
             entry = self.entries.get(path)
-            if entry is None or entry.size != stat.st_size or entry.mtime_ns != stat.st_mtime_ns:
+            # A file that failed is read again at every start: the cause may be the machine's (a libsndfile
+            # without MP3, a permission: chmod keeps the mtime), and bad files are few.
+            if entry is None or entry.error or entry.size != stat.st_size or entry.mtime_ns != stat.st_mtime_ns:
                 entry = read_entry(path, stat.st_size, stat.st_mtime_ns)
                 self.entries[path] = entry
                 self.read += 1
@@ -110,7 +114,7 @@ class FileIndex:
                 except DataError as err:
                     entry = replace(entry, decodes=False, error=str(err))
                 self.entries[path] = entry
-                self.read += 1
+                self.decoded += 1
                 self._changed = True
 
     def save(self, keep) -> None:
