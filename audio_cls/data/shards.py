@@ -192,7 +192,7 @@ class Shards(AudioDataModule):
             json.dumps(
                 {
                     "shards": [f["sha256"] for f in listed],
-                    "items": [it.path for it in items],
+                    "items": [(it.path, it.start, it.end) for it in items],  # segments of one file differ
                     "features": self.features.fingerprint(self.sample_rate),
                     "sample_rate": self.sample_rate,
                     "num_samples": self.num_samples,
