@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from audio_cls import CONF_DIR
 from audio_cls.checkpoints import TRUSTED_MODULES, check_targets, load_model
+from audio_cls.compare import write_run_predictions
 from audio_cls.config_checks import check_config
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.runs import instantiate_group, run_task, scalar_metrics
@@ -66,6 +67,8 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
 
     trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks), logger=instantiate_group(cfg.logger))
     trainer.test(module, datamodule=datamodule)
+    if rank_zero_only.rank == 0:
+        write_run_predictions(Path(cfg.paths.output_dir), module, datamodule)
     log.info("Test results per class:\n%s", module.per_class_table())
     detection = test_detection(module, datamodule)
     return {

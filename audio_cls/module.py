@@ -134,6 +134,8 @@ class AudioClassifier(L.LightningModule):
         # Distillation: the teacher's log probabilities at the temperature, one row per training item (set_teacher);
         # not saved with the weights (the student needs no teacher to predict).
         self.register_buffer("teacher_log_probs", None, persistent=False)
+        self._test_items: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.test_items: tuple[torch.Tensor, torch.Tensor] | None = None  # the last test's, see _gather_test_items
         if multilabel:
             self._init_multilabel(len(class_names), threshold, frame_threshold)
             return
@@ -442,13 +444,37 @@ class AudioClassifier(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         logits = self._shared_step(batch, self.test_metrics, "test")
+        if "index" in batch:  # per item, for test_predictions.csv (what `audio_cls.compare` pairs runs on)
+            scores = torch.sigmoid(logits.float()) if self.multilabel else torch.softmax(logits.float(), -1)
+            self._test_items.append((batch["index"].to(scores.device), scores.detach()))
         if self.multilabel:
             self.test_ap.update(torch.sigmoid(logits.float()), batch["targets"].long())
             return
         self.test_confusion.update(logits, batch["targets"])
         self.test_per_class_metrics.update(logits, batch["targets"])
 
+    def on_test_start(self) -> None:
+        self._test_items = []
+
+    def _gather_test_items(self) -> None:
+        """`test_items`: (indices into the test split, (N, C) probabilities) of every process, each item once
+        and in split order (a distributed sampler may give a few items to two processes)."""
+        if not self._test_items:
+            self.test_items = None
+            return
+        index = torch.cat([i for i, _ in self._test_items])
+        scores = torch.cat([s for _, s in self._test_items])
+        self._test_items = []
+        if self.trainer.world_size > 1:
+            index, scores = (self.all_gather(x).flatten(0, 1) for x in (index, scores))
+        order = torch.argsort(index, stable=True).cpu()
+        index, scores = index.cpu()[order], scores.cpu()[order]
+        first = torch.ones_like(index, dtype=torch.bool)
+        first[1:] = index[1:] != index[:-1]
+        self.test_items = (index[first], scores[first])
+
     def on_test_epoch_end(self) -> None:
+        self._gather_test_items()
         if self.multilabel:
             self._multilabel_test_end()
             return

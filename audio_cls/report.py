@@ -26,6 +26,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from audio_cls.compare import PREDICTIONS, compare_runs, read_predictions
+from audio_cls.errors import DataError
+
 log = logging.getLogger(__name__)
 
 # Columns shown when some job has them: single-label, then multi-label and sound event detection metrics.
@@ -146,10 +149,11 @@ def write_report(sweep_dir: str | Path, metric: str | None = None, direction: st
     keys = swept_keys(jobs)
     jobs = sort_jobs(jobs, metric, direction)
     metric_columns = list(dict.fromkeys((metric, *(m for m in METRICS if any(m in job for job in jobs)))))
+    versus = against_best(jobs)
 
     with (sweep_dir / "report.csv").open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["rank", "job", "status", *keys, *metric_columns, "wall_time_s", "error", "dir"])
+        writer.writerow(["rank", "job", "status", *keys, *metric_columns, "vs_best", "wall_time_s", "error", "dir"])
         for rank, job in enumerate(jobs, 1):
             writer.writerow(
                 [
@@ -158,6 +162,7 @@ def write_report(sweep_dir: str | Path, metric: str | None = None, direction: st
                     job["status"],
                     *(job["overrides"].get(k, "") for k in keys),
                     *(_fmt(job.get(m), 6) for m in metric_columns),
+                    versus.get(job["job"], ""),
                     _fmt(job.get("wall_time_s"), 1),
                     job.get("error", ""),
                     job["dir"],
@@ -175,7 +180,7 @@ def write_report(sweep_dir: str | Path, metric: str | None = None, direction: st
     fixed = {k: v for k, v in jobs[0]["overrides"].items() if k not in keys}
     if fixed:
         lines += ["Same in every job: " + " ".join(f"`{k}={v}`" for k, v in fixed.items()), ""]
-    header = ["rank", "job", "status", *keys, *metric_columns, "wall time (s)"]
+    header = ["rank", "job", "status", *keys, *metric_columns, "test: vs best", "wall time (s)"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for rank, job in enumerate(jobs, 1):
         cells = [
@@ -184,9 +189,17 @@ def write_report(sweep_dir: str | Path, metric: str | None = None, direction: st
             job["status"],
             *(job["overrides"].get(k, "") for k in keys),
             *(_fmt(job.get(m), 4) for m in metric_columns),
+            versus.get(job["job"], ""),
             _fmt(job.get("wall_time_s"), 1),
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    if versus:
+        lines += [
+            "",
+            "`test: vs best`: each job against the best on the same test items (`python -m audio_cls.compare`: paired "
+            "bootstrap 95% interval of the difference, in points): `same` where the interval holds zero, i.e. not "
+            "distinguishable from the best on this test set.",
+        ]
     failed = [j for j in jobs if j["status"] != "finished"]
     if failed:
         lines += ["", "## Jobs that did not finish", ""]
@@ -224,6 +237,28 @@ def write_report(sweep_dir: str | Path, metric: str | None = None, direction: st
         lines += ["", f"![{metric} against each swept parameter](report.png)"]
     (sweep_dir / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return sweep_dir / "report.md"
+
+
+def against_best(jobs: list[dict]) -> dict[str, str]:
+    """{job: "same [-1.2, +0.4]" | "worse [...]" | "better [...]"}: each finished job's test predictions against
+    those of the best job (jobs[0]), by compare's paired bootstrap; empty without test_predictions.csv."""
+    best = jobs[0] if jobs and jobs[0]["status"] == "finished" else None
+    if best is None or not (Path(best["dir"]) / PREDICTIONS).is_file():
+        return {}
+    reference = read_predictions(Path(best["dir"]))
+    metric = "map" if reference.multilabel else "acc"
+    marks = {best["job"]: "best"}
+    for job in jobs[1:]:
+        if job["status"] != "finished" or not (Path(job["dir"]) / PREDICTIONS).is_file():
+            continue
+        try:
+            result = compare_runs(reference, read_predictions(Path(job["dir"])), metric)
+        except DataError:  # another test split (a swept data.split_seed): not comparable item by item
+            marks[job["job"]] = "other test items"
+            continue
+        word = "same" if result["low"] <= 0 <= result["high"] else ("worse" if result["diff"] < 0 else "better")
+        marks[job["job"]] = f"{word} [{100 * result['low']:+.1f}, {100 * result['high']:+.1f}]"
+    return marks
 
 
 def plot_metric(jobs: list[dict], keys: list[str], metric: str, path: Path) -> bool:

@@ -22,6 +22,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from audio_cls import CONF_DIR
+from audio_cls.compare import write_run_predictions
 from audio_cls.config_checks import check_config
 from audio_cls.distill import teacher_log_probs
 from audio_cls.errors import ConfigError
@@ -91,6 +92,7 @@ def train(cfg: DictConfig) -> dict:
         metrics.update(scalar_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
         log.info("Test results per class:\n%s", module.per_class_table())
         if trainer.is_global_zero:
+            write_run_predictions(output_dir, module, datamodule)  # what `audio_cls.compare` pairs runs on
             detection = test_detection(module, datamodule)
             events_per_class = detection.pop("test/events_per_class", None)
             metrics.update(detection)

@@ -80,6 +80,11 @@ def test_eval_tests_exactly_the_training_runs_test_split(tones_run, tmp_path):
     assert sum(map(sum, metrics["test/confusion_matrix"])) == len(trained_test)  # all of it, nothing else
     log = (tmp_path / "eval.log").read_text()
     assert "differs from the training run's" not in log
+    # per-item predictions (what audio_cls.compare pairs runs on): every test item once, their accuracy the metric
+    predicted = rows(tmp_path / "test_predictions.csv")
+    assert sorted(r["path"] for r in predicted) == trained_test
+    assert sum(r["label"] == r["predicted"] for r in predicted) / len(predicted) == pytest.approx(metrics["test/acc"])
+    assert {r["path"] for r in rows(run_dir / "test_predictions.csv")} == set(trained_test)  # training wrote it too
 
 
 def test_eval_overrides_apply_on_top_of_the_checkpoint_data(tones_run, tmp_path, caplog):

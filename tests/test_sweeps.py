@@ -4,10 +4,13 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
 import yaml
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
+from audio_cls.compare import write_predictions
+from audio_cls.data.base import Item
 from helpers import run_entry
 
 # Every test runs an entry point (sweeps, audio_cls.report) in a subprocess.
@@ -119,6 +122,13 @@ def test_report_command_on_a_prepared_sweep(tmp_path):
             [f"model={model}", f"seed={seed}"],
             {"status": "finished", "val/acc_best": acc, "test/acc": acc - 0.1, "wall_time_s": 10 + num},
         )
+    # test predictions of three jobs: job 1 two items behind the best (job 2), job 5 forty
+    truth = np.random.default_rng(0).integers(0, 3, 200)
+    for num, wrong in ((2, 10), (1, 12), (5, 50)):
+        scores = np.eye(3)[truth]
+        scores[:wrong] = np.roll(scores[:wrong], 1, axis=1)
+        items = [Item(f"/data/{k}.wav", "abc"[t]) for k, t in enumerate(truth)]
+        write_predictions(tmp_path / str(num) / "test_predictions.csv", items, ["a", "b", "c"], scores, False)
     make_job(tmp_path, 6, ["model=cnn2d", "seed=1"], {"status": "failed", "error": "boom", "wall_time_s": 1})
     make_job(tmp_path, 7, ["model=cnn2d", "seed=2"])  # killed: no metrics.json
     proc = run_entry("audio_cls.report", str(tmp_path))
@@ -132,6 +142,9 @@ def test_report_command_on_a_prepared_sweep(tmp_path):
     assert "| model=cnn1d | 3 | 0.9200 ± 0.0200 |" in report  # mean +- std over seeds
     assert "| model=lstm | 3 | 0.8200 ± 0.0200 |" in report
     assert "python -m audio_cls.train model=cnn1d seed=3" in report
+    marks = {r["job"]: r["vs_best"] for r in rows}
+    assert marks["2"] == "best" and marks["1"].startswith("same [") and marks["5"].startswith("worse [")
+    assert marks["0"] == ""  # no test_predictions.csv: not compared
     assert (tmp_path / "report.png").is_file()
 
 
