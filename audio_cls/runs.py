@@ -1,5 +1,6 @@
 """What every entry point does with a run: build callbacks and loggers from config, write
-metrics.json, log hyperparameters, and turn user errors into one line instead of a traceback."""
+metrics.json, log hyperparameters, figures and tables to every tracker (TensorBoard, MLflow, W&B), and turn
+user errors into one line instead of a traceback."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.fabric.utilities.rank_zero import rank_zero_only
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
@@ -72,8 +73,12 @@ def hparams_of(config: dict) -> dict[str, Any]:
     return params
 
 
-def log_hparams(loggers: list, config: dict, metrics: dict[str, float]) -> None:
-    """Link the run's hyperparameters to its final metrics (TensorBoard HPARAMS tab)."""
+def log_hparams(loggers: list, config: dict, metrics: dict[str, float], best_checkpoint: str = "") -> None:
+    """Log the run's hyperparameters (flattened) with its final metrics and the best checkpoint's path, then close
+    each logger. TensorBoard links them in its HPARAMS tab (`hp/*`); MLflow gets the hyperparameters as params,
+    every final metric it has not had yet (train_time_s, epochs, the detection metrics) and the path as the tag
+    `best_checkpoint`; W&B gets them in the run's config and summary, and its run is finished, so that the next
+    run in this process (a cross-validation fold, a sweep's job) gets one of its own."""
     params = hparams_of(config)
     hp_metrics = {
         f"hp/{k.replace('/', '_')}": v
@@ -81,12 +86,81 @@ def log_hparams(loggers: list, config: dict, metrics: dict[str, float]) -> None:
         if k in ("val/acc_best", "val/acc", "val/mAP_best", "test/acc", "test/mAP", "test/f1", "test/loss")
         and math.isfinite(v)
     }
+    final = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, metrics=hp_metrics)
         else:
             logger.log_hyperparams(params)
+        if isinstance(logger, MLFlowLogger):
+            logged = logger.experiment.get_run(logger.run_id).data.metrics
+            missing = {k: v for k, v in final.items() if k not in logged}
+            if missing:
+                logger.log_metrics(missing)
+            if best_checkpoint:
+                logger.experiment.set_tag(logger.run_id, "best_checkpoint", best_checkpoint)
+        elif isinstance(logger, WandbLogger):
+            run = logger.experiment
+            run.summary.update({**final, **({"best_checkpoint": best_checkpoint} if best_checkpoint else {})})
+            if best_checkpoint:
+                run.config.update({"best_checkpoint": best_checkpoint}, allow_val_change=True)
         logger.finalize("success")
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
+
+
+def log_figure(loggers: list, tag: str, figure, step: int) -> None:
+    """A matplotlib figure to every logger that shows images: TensorBoard (an image under `tag`), MLflow (the
+    artifact `<tag>.png`), W&B (an image under `tag`); the others (CSV) pass. `figure` may be a function that
+    makes it, called only when some logger shows it. Rank zero logs; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    shown = [lg for lg in loggers if _shows_images(lg)] if rank_zero_only.rank == 0 else []
+    if callable(figure):
+        if not shown:
+            return
+        figure = figure()
+    try:
+        for logger in shown:
+            if isinstance(logger, MLFlowLogger):
+                logger.experiment.log_figure(logger.run_id, figure, f"{tag}.png")
+            elif isinstance(logger, WandbLogger):
+                logger.log_image(tag, [figure], step=step)
+            else:
+                logger.experiment.add_figure(tag, figure, global_step=step, close=False)
+    finally:
+        plt.close(figure)
+
+
+def _shows_images(logger) -> bool:
+    return isinstance(logger, (MLFlowLogger, WandbLogger)) or hasattr(logger.experiment, "add_figure")
+
+
+def log_text(loggers: list, tag: str, text: str, step: int) -> None:
+    """Markdown text (such as the per-class table) to every logger that shows text: TensorBoard (a text summary),
+    MLflow (the artifact `<tag>.md`), W&B (a table: the rows of a Markdown table, or the text in one cell)."""
+    if rank_zero_only.rank != 0:
+        return
+    for logger in loggers:
+        if isinstance(logger, MLFlowLogger):
+            logger.experiment.log_text(logger.run_id, text, f"{tag}.md")
+        elif isinstance(logger, WandbLogger):
+            columns, rows = markdown_table(text) or (["text"], [[text]])
+            logger.log_table(tag, columns=columns, data=rows, step=step)
+        elif hasattr(logger.experiment, "add_text"):
+            logger.experiment.add_text(tag, text, global_step=step)
+
+
+def markdown_table(text: str) -> tuple[list[str], list[list[str]]] | None:
+    """A Markdown table (a header row, a |---| row, then rows) as (header cells, rows of cells); None for other
+    text."""
+    lines = [line.strip() for line in text.strip().splitlines()]
+    if len(lines) < 2 or not all(line.startswith("|") and line.endswith("|") for line in lines):
+        return None
+    cells = [[cell.strip() for cell in line[1:-1].split("|")] for line in lines]
+    if not all(set(cell) <= set("-: ") and cell for cell in cells[1]) or any(len(r) != len(cells[0]) for r in cells):
+        return None
+    return cells[0], cells[2:]
 
 
 def user_message(err: BaseException) -> str | None:
@@ -186,6 +260,7 @@ def run_task(
     try:
         result = task(cfg)
     except (KeyboardInterrupt, SystemExit) as err:  # Ctrl-C, or SIGTERM (Lightning's SIGTERMException)
+        _finish_wandb(1)
         _write_result(
             output_dir,
             {
@@ -198,6 +273,7 @@ def run_task(
             raise SystemExit(128 + signal.SIGTERM) from None  # Lightning exits 0 here; a scheduler must see it
         raise
     except Exception as err:
+        _finish_wandb(1)
         message = user_message(err)
         if rank_zero_only.rank == 0:
             (output_dir / "traceback.txt").write_text(traceback.format_exc(), encoding="utf-8")
@@ -215,9 +291,18 @@ def run_task(
         if message is None:
             raise  # a bug, not a user error: the traceback is what a developer needs
         _exit_with(message)
+    _finish_wandb(0)
     _write_result(output_dir, {"status": "finished", **result, "wall_time_s": time.perf_counter() - started})
     value = float(result.get(cfg.get("optimized_metric"), math.nan))
     return worst if math.isnan(value) else value
+
+
+def _finish_wandb(exit_code: int) -> None:
+    """A W&B run still open when the task ends (it failed, or never logged hyperparameters, as eval does) ends with
+    it, marked failed or finished: the next task in this process (a sweep's next job) starts a run of its own."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
 
 
 def _write_result(output_dir: Path, result: dict) -> None:

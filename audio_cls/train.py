@@ -97,7 +97,7 @@ def train(cfg: DictConfig) -> dict:
             events_per_class = detection.pop("test/events_per_class", None)
             metrics.update(detection)
     if trainer.is_global_zero:
-        log_hparams(trainer.loggers, config, metrics)
+        log_hparams(trainer.loggers, config, metrics, best_checkpoint=best)
         log.info("Metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
         log.info("Run directory: %s", output_dir)
     return {
