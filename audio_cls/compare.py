@@ -55,7 +55,7 @@ def write_run_predictions(output_dir: Path, module, datamodule) -> None:
     """The last test's test_predictions.csv in a run folder (AudioClassifier.test_items, the test split's items)."""
     if module.test_items is None:
         return
-    index, scores = module.test_items
+    index, scores, _ = module.test_items
     items = [datamodule.splits["test"][i] for i in index.tolist()]
     thresholds = module.thresholds.cpu().numpy() if module.multilabel else None
     write_predictions(

@@ -45,7 +45,7 @@ from torch import nn
 from audio_cls import CONF_DIR
 from audio_cls.errors import ConfigError
 from audio_cls.features import FeatureExtractor
-from audio_cls.inference import Classifier, FrameGraph, InferenceGraph, collect_sources, extract
+from audio_cls.inference import Classifier, FrameGraph, InferenceGraph, collect_sources, extract, temperature_of
 from audio_cls.module import AudioClassifier, frame_hop
 from audio_cls.runs import run_task, write_json
 
@@ -59,7 +59,9 @@ FRAME_OUTPUT_NAMES = ("frame_probabilities", "frame_lengths")  # after OUTPUT_NA
 
 def inference_graph(module: AudioClassifier, features: FeatureExtractor | None, net: nn.Module) -> InferenceGraph:
     """The graph that is exported (and its PyTorch reference): with the frame outputs for a SED model."""
-    return (FrameGraph if module.detects_events else InferenceGraph)(features, net, module.multilabel)
+    if module.detects_events:
+        return FrameGraph(features, net, module.multilabel)
+    return InferenceGraph(features, net, module.multilabel, temperature_of(module))
 
 
 class BlockMaxPool(nn.Module):
@@ -250,7 +252,7 @@ def parity(module: AudioClassifier, exported: Exported, batches: dict[str, list]
     With frame outputs also frame_probabilities, over each item's valid frames only (the rest is padding),
     and frame_lengths (in frames; anything but 0 fails the check). NaN counts as the largest difference."""
     features = module.features if exported.frontend_inside else None
-    reference = (FrameGraph if exported.frame_outputs else InferenceGraph)(features, module.net, module.multilabel)
+    reference = inference_graph(module, features, module.net)
     reference.eval()
     result = {}
     for kind, pairs in batches.items():
@@ -395,7 +397,7 @@ def sidecar(
         f"{features} front end ({_front_end_parts(classifier.features)})",
         f"normalization: {classifier.features.normalize}",
         f"{net} network",
-        ("sigmoid per class" if classifier.multilabel else "softmax")
+        ("sigmoid per class" if classifier.multilabel else f"softmax of logits / {classifier.graph.temperature:.4g}")
         + (" (of the clip logits and of the frame logits)" if exported.frame_outputs else ""),
     ]
     if exported.frontend_inside:
@@ -419,7 +421,11 @@ def sidecar(
     outputs = {
         "logits": "float32 (batch, num_classes)",
         "probabilities": "float32 (batch, num_classes): "
-        + ("sigmoid of logits (multi-label)" if classifier.multilabel else "softmax of logits"),
+        + (
+            "sigmoid of logits (multi-label)"
+            if classifier.multilabel
+            else f"softmax of logits / temperature {classifier.graph.temperature:.6g} (calibrated on validation)"
+        ),
     }
     if exported.frame_outputs:
         outputs.update(frame_outputs())

@@ -81,20 +81,29 @@ def extract(
     return x, features.num_frames(lengths).clamp(max=x.shape[1])
 
 
+def temperature_of(module: nn.Module) -> float:
+    """The temperature that calibrates a single-label model's softmax (fitted on validation; 1 for checkpoints from
+    before calibration and for multi-label models, whose sigmoids are left as trained)."""
+    return 1.0 if getattr(module, "multilabel", False) else float(getattr(module, "temperature", 1.0))
+
+
 class InferenceGraph(nn.Module):
     """The model end to end, as prediction runs it and export writes it: (waveform (batch, samples),
     lengths in samples) with the front end, or (features (batch, frames, feat), frames) without it
     -> (logits, probabilities): softmax, or a sigmoid per class for a multi-label model."""
 
-    def __init__(self, features: FeatureExtractor | None, net: nn.Module, multilabel: bool = False):
+    def __init__(
+        self, features: FeatureExtractor | None, net: nn.Module, multilabel: bool = False, temperature: float = 1.0
+    ):
         super().__init__()
         self.features, self.net, self.multilabel = features, net, multilabel
+        self.temperature = float(temperature)  # the checkpoint's, fitted on validation (calibrated probabilities)
 
     def forward(self, inputs: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.features is not None:
             inputs, lengths = extract(self.features, inputs, lengths)
         logits = self.net(inputs, lengths)
-        return logits, torch.sigmoid(logits) if self.multilabel else logits.softmax(dim=-1)
+        return logits, torch.sigmoid(logits) if self.multilabel else (logits / self.temperature).softmax(dim=-1)
 
     @property
     def input_names(self) -> tuple[str, str]:
@@ -182,7 +191,7 @@ class Classifier:
         self.features, self.net = self.module.features, self.module.net
         self.multilabel = bool(getattr(module, "multilabel", False))
         self.thresholds = module.thresholds.tolist() if self.multilabel else None
-        self.graph = InferenceGraph(self.features, self.net, self.multilabel)
+        self.graph = InferenceGraph(self.features, self.net, self.multilabel, temperature_of(module))
         self.detects_events = module.detects_events
         task = config.get("task") or {}  # the training run's settings where not given
         # Frame thresholds: the checkpoint's (tuned on validation, per class), unless one is given for all.

@@ -30,6 +30,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
+    MulticlassCalibrationError,
     MulticlassConfusionMatrix,
     MulticlassF1Score,
     MulticlassPrecision,
@@ -47,6 +48,7 @@ from audio_cls.augment import mixup
 from audio_cls.errors import ConfigError, TrainingDiverged
 from audio_cls.features import FeatureExtractor, frame_mask
 from audio_cls.model.layers import backbone, has_frame_head
+from audio_cls.runs import log_figure, log_text
 
 Spec = Mapping | Callable
 
@@ -153,6 +155,13 @@ class AudioClassifier(L.LightningModule):
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # in checkpoints, so a resumed run keeps its best
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        # Calibration: expected calibration error of the test probabilities before and after temperature
+        # scaling; the temperature is fitted on every validation and saved with the weights (eval and predict use it).
+        self.test_ece = MulticlassCalibrationError(num_classes, n_bins=15)
+        self.test_ece_scaled = MulticlassCalibrationError(num_classes, n_bins=15)
+        self.register_buffer("temperature", torch.ones(()))
+        self.register_load_state_dict_pre_hook(_temperature_one_if_missing)
+        self._val_logits: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.test_per_class_metrics = MetricCollection(
             {
                 "precision": MulticlassPrecision(num_classes, average=None),
@@ -359,7 +368,9 @@ class AudioClassifier(L.LightningModule):
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._last_frames = None
-        self._shared_step(batch, self.val_metrics, "val")
+        logits = self._shared_step(batch, self.val_metrics, "val")
+        if not self.multilabel:
+            self._val_logits.append((logits.detach().float(), batch["targets"]))
         if self._last_frames is None:
             return
         frame_logits, frame_lengths, seconds, frame_targets = self._last_frames
@@ -387,6 +398,8 @@ class AudioClassifier(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         if self.multilabel:
             self._scores = []
+        else:
+            self._val_logits = []
 
     def on_test_epoch_start(self) -> None:
         if self.multilabel:
@@ -407,6 +420,11 @@ class AudioClassifier(L.LightningModule):
             return
         if self.trainer.sanity_checking:
             return  # the sanity check's accuracy is no result
+        if self._val_logits:  # validation runs whole on every process: each fits the same temperature
+            logits, targets = (torch.cat(x) for x in zip(*self._val_logits))
+            self._val_logits = []
+            self.temperature.fill_(fit_temperature(logits, targets))
+            self.log("val/temperature", self.temperature, sync_dist=False)
         self.val_acc_best.update(self.val_metrics["acc"].compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
 
@@ -444,11 +462,17 @@ class AudioClassifier(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         logits = self._shared_step(batch, self.test_metrics, "test")
-        if "index" in batch:  # per item, for test_predictions.csv (what `audio_cls.compare` pairs runs on)
-            scores = torch.sigmoid(logits.float()) if self.multilabel else torch.softmax(logits.float(), -1)
-            self._test_items.append((batch["index"].to(scores.device), scores.detach()))
         if self.multilabel:
-            self.test_ap.update(torch.sigmoid(logits.float()), batch["targets"].long())
+            scores = torch.sigmoid(logits.float())
+        else:  # calibrated: what eval writes and predict gives
+            scores = torch.softmax(logits.float() / self.temperature, -1)
+            self.test_ece.update(logits.float(), batch["targets"])
+            self.test_ece_scaled.update(scores, batch["targets"])
+            self.log_dict({"test/ece": self.test_ece, "test/ece_calibrated": self.test_ece_scaled}, on_epoch=True)
+        if "index" in batch:  # per item, for test_predictions.csv (what `audio_cls.compare` pairs runs on)
+            self._test_items.append((batch["index"].to(scores.device), scores.detach(), batch["targets"]))
+        if self.multilabel:
+            self.test_ap.update(scores, batch["targets"].long())
             return
         self.test_confusion.update(logits, batch["targets"])
         self.test_per_class_metrics.update(logits, batch["targets"])
@@ -457,21 +481,20 @@ class AudioClassifier(L.LightningModule):
         self._test_items = []
 
     def _gather_test_items(self) -> None:
-        """`test_items`: (indices into the test split, (N, C) probabilities) of every process, each item once
-        and in split order (a distributed sampler may give a few items to two processes)."""
+        """`test_items`: (indices into the test split, (N, C) probabilities, targets) of every process, each item
+        once and in split order (a distributed sampler may give a few items to two processes)."""
         if not self._test_items:
             self.test_items = None
             return
-        index = torch.cat([i for i, _ in self._test_items])
-        scores = torch.cat([s for _, s in self._test_items])
+        parts = [torch.cat(x) for x in zip(*self._test_items)]
         self._test_items = []
         if self.trainer.world_size > 1:
-            index, scores = (self.all_gather(x).flatten(0, 1) for x in (index, scores))
-        order = torch.argsort(index, stable=True).cpu()
-        index, scores = index.cpu()[order], scores.cpu()[order]
+            parts = [self.all_gather(x).flatten(0, 1) for x in parts]
+        order = torch.argsort(parts[0], stable=True).cpu()
+        index, scores, targets = (x.cpu()[order] for x in parts)
         first = torch.ones_like(index, dtype=torch.bool)
         first[1:] = index[1:] != index[:-1]
-        self.test_items = (index[first], scores[first])
+        self.test_items = (index[first], scores[first], targets[first])
 
     def on_test_epoch_end(self) -> None:
         self._gather_test_items()
@@ -486,11 +509,16 @@ class AudioClassifier(L.LightningModule):
             label: {**{name: per_class[name][i] for name in ("precision", "recall", "f1")}, "support": support[i]}
             for i, label in enumerate(self.class_names)
         }
-        for logger in self.loggers:
-            if hasattr(logger.experiment, "add_figure"):  # TensorBoard
-                fig, _ = self.test_confusion.plot(labels=self.class_names)
-                logger.experiment.add_figure("test/confusion_matrix", fig, global_step=self.global_step)
-                logger.experiment.add_text("test/per_class", self.per_class_table(), global_step=self.global_step)
+        step = self.global_step  # figures to TensorBoard, MLflow and W&B, drawn only if one of them shows figures
+        log_figure(
+            self.loggers, "test/confusion_matrix", lambda: self.test_confusion.plot(labels=self.class_names)[0], step
+        )
+        log_text(self.loggers, "test/per_class", self.per_class_table(), step)
+        if self.test_items is not None:
+            _, probs, targets = self.test_items
+            log_figure(
+                self.loggers, "test/reliability", lambda: reliability_figure(probs, targets, self.temperature), step
+            )
         self.test_confusion.reset()
         self.test_per_class_metrics.reset()
 
@@ -507,12 +535,15 @@ class AudioClassifier(L.LightningModule):
             label: {"ap": ap[i], "f1": float(f1[i]), "threshold": float(self.thresholds[i]), "support": support[i]}
             for i, label in enumerate(self.class_names)
         }
-        for logger in self.loggers:
-            if hasattr(logger.experiment, "add_figure") and len(targets):  # TensorBoard
-                logger.experiment.add_figure(
-                    "test/precision_recall", precision_recall_figure(probs, targets, self.class_names), self.global_step
-                )
-                logger.experiment.add_text("test/per_class", self.per_class_table(), global_step=self.global_step)
+        if len(targets):
+            step = self.global_step
+            log_figure(
+                self.loggers,
+                "test/precision_recall",
+                lambda: precision_recall_figure(probs, targets, self.class_names),  # made only if shown
+                step,
+            )
+            log_text(self.loggers, "test/per_class", self.per_class_table(), step)
 
     def per_class_table(self) -> str:
         """The last test's per-class metrics as a Markdown table."""
@@ -583,6 +614,29 @@ def thresholds_from_f1(f1: torch.Tensor, grid: torch.Tensor, mode: str, default:
     return out
 
 
+def _temperature_one_if_missing(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Checkpoints written before temperature scaling: their probabilities stay the plain softmax."""
+    state_dict.setdefault(prefix + "temperature", torch.ones(()))
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor) -> float:
+    """The temperature T > 0 that minimizes the cross-entropy of softmax(logits / T) on (N, C) `logits` and (N,)
+    class `targets` (Guo et al., 2017: one parameter, so the ranking, and the accuracy, are unchanged)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        logits, targets = logits.detach().clone().cpu(), targets.detach().clone().cpu()
+        log_t = torch.zeros((), requires_grad=True)
+        optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(logits / log_t.exp(), targets)
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
 def _keep_fixed_frame_thresholds(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
     """Checkpoints written before frame thresholds were tuned keep the fixed one they were trained with."""
     if prefix + "frame_thresholds" not in state_dict:
@@ -642,6 +696,34 @@ def frame_targets_from_events(
     active = ((centres >= onset) & (centres < offset) & (cls >= 0).unsqueeze(-1)).float()  # (B, E, T)
     one_hot = nn.functional.one_hot(cls.clamp(min=0), num_classes).float()  # (B, E, C)
     return torch.einsum("bet,bec->btc", active, one_hot).clamp(max=1.0)
+
+
+def reliability_figure(probs: torch.Tensor, targets: torch.Tensor, temperature: torch.Tensor, bins: int = 10):
+    """Reliability diagram of the test: accuracy against confidence (the top class's probability, at the fitted
+    temperature) in `bins` equal-width bins; a calibrated model lies on the diagonal."""
+    import matplotlib.pyplot as plt
+
+    confidence, predicted = probs.max(-1)
+    correct = (predicted == targets).float()
+    edges = torch.linspace(0, 1, bins + 1)
+    which = torch.bucketize(confidence, edges[1:-1])
+    fig, ax = plt.subplots(figsize=(4.5, 4.5))
+    centres, accuracy, counts = [], [], []
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            centres.append(float(confidence[inside].mean()))
+            accuracy.append(float(correct[inside].mean()))
+            counts.append(int(inside.sum()))
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
+    ax.bar(centres, accuracy, width=1 / bins, alpha=0.6, edgecolor="k", label="accuracy per bin")
+    for x, y, n in zip(centres, accuracy, counts):
+        ax.annotate(str(n), (x, y), ha="center", va="bottom", fontsize=7)
+    ax.set(xlim=(0, 1), ylim=(0, 1.05), xlabel="confidence", ylabel="accuracy")
+    ax.set_title(f"test reliability (temperature {float(temperature):.3g}); items per bin")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def precision_recall_figure(probs: torch.Tensor, targets: torch.Tensor, class_names: list[str]):

@@ -60,11 +60,12 @@ def random_batch(classifier, samples=7001):
 
 
 def pytorch_outputs(classifier, waves, lengths):
-    """The PyTorch model on a padded batch, as on_after_batch_transfer runs it: front end, network."""
+    """The PyTorch model on a padded batch, as on_after_batch_transfer runs it: front end, network; softmax at the
+    checkpoint's temperature."""
     with torch.no_grad():
         x = classifier.features(waves, lengths)
         logits = classifier.net(x, classifier.features.num_frames(lengths).clamp(max=x.shape[1]))
-    return logits.numpy(), logits.softmax(-1).numpy()
+    return logits.numpy(), (logits / classifier.module.temperature).softmax(-1).numpy()
 
 
 def max_diff(a, b) -> float:

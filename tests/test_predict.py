@@ -29,10 +29,11 @@ def classifier(trained_checkpoint):
 
 
 def reference_probs(module: AudioClassifier, wave: torch.Tensor) -> torch.Tensor:
-    """What training's evaluation computes for one clip: front end on the whole clip, network, softmax."""
+    """What training's evaluation computes for one clip: front end on the whole clip, network, softmax at the
+    temperature fitted on validation (test_predictions.csv's probabilities)."""
     with torch.no_grad():
         x = module.features(wave[None])
-        return module(x, torch.tensor([x.shape[1]])).softmax(-1)[0]
+        return (module(x, torch.tensor([x.shape[1]])) / module.temperature).softmax(-1)[0]
 
 
 @pytest.mark.slow
