@@ -39,11 +39,12 @@ def fsdd_data(fsdd_slice, tmp_path):
 
 def test_the_teacher_labels_every_training_recording_whole_through_its_own_front_end(trained_checkpoint, fsdd_data):
     """The cached rows are the teacher's outputs on each recording whole (the teacher was trained on 0.5 s crops
-    of log-mels: its own front end, not the student's), in the order of the training split."""
-    log_probs = teacher_log_probs(str(trained_checkpoint), fsdd_data, temperature=1.0)
+    of log-mels: its own front end, not the student's), in the order of the training split. At the teacher's own
+    calibration temperature they are what prediction gives."""
+    teacher = Classifier.from_checkpoint(trained_checkpoint, window="whole")
+    log_probs = teacher_log_probs(str(trained_checkpoint), fsdd_data, temperature=teacher.graph.temperature)
     items = fsdd_data.splits["train"]
     assert log_probs.shape == (len(items), fsdd_data.num_classes)
-    teacher = Classifier.from_checkpoint(trained_checkpoint, window="whole")
     for row, item in list(zip(log_probs, items))[:: len(items) // 5]:
         assert row.exp().tolist() == pytest.approx(teacher.predict(item.path).scores, abs=1e-5)
 

@@ -108,7 +108,7 @@ def test_embeddings_are_the_heads_input_for_every_window(checkpoints, tmp_path):
         pred = classifier.predict(path, windows=True)
         assert got.windows.shape == (pred.num_windows, 32) and got.windows.dtype == np.float32
         with torch.no_grad():
-            probs = classifier.net.head(torch.from_numpy(got.windows)).softmax(-1)
+            probs = (classifier.net.head(torch.from_numpy(got.windows)) / classifier.graph.temperature).softmax(-1)
         expected = torch.tensor([w.probabilities for w in pred.windows])
         torch.testing.assert_close(probs, expected, atol=1e-5, rtol=0)
         np.testing.assert_allclose(got.vector, got.windows.mean(0), rtol=1e-6)
@@ -129,7 +129,10 @@ def test_whole_recordings_give_one_embedding_each(checkpoints):
         with torch.no_grad():
             torch.testing.assert_close(classifier.net.head(emb), logits, atol=1e-5, rtol=0)
         torch.testing.assert_close(
-            logits.softmax(-1)[0], torch.tensor(classifier.predict(path).scores), atol=1e-5, rtol=0
+            (logits / classifier.graph.temperature).softmax(-1)[0],
+            torch.tensor(classifier.predict(path).scores),
+            atol=1e-5,
+            rtol=0,
         )
 
 
