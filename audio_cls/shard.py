@@ -67,6 +67,11 @@ class SampleWriter:
         self.raw = raw  # format=features: the split as RawFeatureDataset (what the feature cache holds)
 
     def __call__(self, row: int) -> dict:
+        # optimize() forks its workers: torch's OpenMP pool, started in the parent, hangs a forked child's first
+        # parallel region (GNU OpenMP is not fork-safe), so each worker computes on one thread, as DataLoader
+        # workers do.
+        if torch.get_num_threads() != 1:
+            torch.set_num_threads(1)
         item = self.items[row]
         sample = {"index": row, "meta": json.dumps(item_record(item, self.split, row, self.seconds[row]))}
         if self.raw is not None:
