@@ -952,12 +952,9 @@ class AudioDataModule(L.LightningDataModule):
         samples = self.num_samples or self.shortest_samples
         return int(self.features.num_frames(samples))
 
-    def dataset(self, split: str, placement: str | None = None, augment: bool = True) -> AudioDataset:
-        """The split as the Dataset a placement needs (`self.placement` by default; "raw": un-normalized
-        features for the cache). The training split is cropped at random and augmented unless `augment=False`."""
-        placement = placement or self.placement
-        train = augment and split == "train"
-        common = dict(
+    def dataset_arguments(self, split: str, train: bool) -> dict:
+        """What every AudioDataset of the split takes (random crops in training)."""
+        return dict(
             items=self.splits[split],
             class_to_index={name: i for i, name in enumerate(self.class_names)},
             sample_rate=self.sample_rate,
@@ -966,6 +963,13 @@ class AudioDataModule(L.LightningDataModule):
             random_crop=train,
             multilabel=self.multilabel,
         )
+
+    def dataset(self, split: str, placement: str | None = None, augment: bool = True) -> AudioDataset:
+        """The split as the Dataset a placement needs (`self.placement` by default; "raw": un-normalized
+        features for the cache). The training split is cropped at random and augmented unless `augment=False`."""
+        placement = placement or self.placement
+        train = augment and split == "train"
+        common = self.dataset_arguments(split, train)
         spec_augment = self.spec_augment if train else None
         if placement == "cache":
             return CachedFeatureDataset(**common, cached=self.cached[split], spec_augment=spec_augment)

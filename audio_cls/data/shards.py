@@ -214,15 +214,7 @@ class Shards(AudioDataModule):
         """The split as a ShardStream: each sample through the AudioDataset `placement` needs (as base.py's)."""
         placement = placement or self.placement
         train = augment and split == "train"
-        common = dict(
-            items=self.splits[split],
-            class_to_index={name: i for i, name in enumerate(self.class_names)},
-            sample_rate=self.sample_rate,
-            features=self.features,
-            num_samples=self.num_samples,
-            random_crop=train,
-            multilabel=self.multilabel,
-        )
+        common = self.dataset_arguments(split, train)
         spec_augment = self.spec_augment if train else None
         waveform_augment = self.waveform_augment if train else None
         if self.format == "features":
