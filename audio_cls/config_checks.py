@@ -74,10 +74,13 @@ def check_config(cfg: DictConfig) -> None:
     median = task.get("median_frames", 1)
     if not isinstance(median, int) or isinstance(median, bool) or (median > 1 and median % 2 == 0):
         raise ConfigError(f"task.median_frames={median!r}: must be an odd number of frames (a centred window), or 1")
-    from audio_cls import distill, transfer
+    from audio_cls import distill, transfer, tta
 
     transfer.check_settings(config)
     distill.check_settings(config)
+    tta.check_settings(config)
+    if "augment" in config and "data" in config:  # a training run's: its shift is known now
+        tta.from_config(config, config)
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and value not in choices:

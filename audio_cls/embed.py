@@ -151,12 +151,7 @@ class Embedder:
         """Embed a mono waveform (samples,) already at the model's rate, window by window as prediction does."""
         c = self.classifier
         n = wave.numel()
-        if c.window is None:  # whole file, padded to what the network accepts (Classifier.predict_waveform)
-            size = max(n, c.min_samples)
-            batch, starts = c._pad(wave, size)[None], [0]
-        else:
-            batch, starts = c._windows(wave)
-            size = c.window
+        batch, starts, size = c.windows(wave)
         windows = torch.cat([self.represent(chunk)[0] for chunk in batch.split(c.batch_size)]).numpy()
         rate = c.sample_rate
         return Embedding(

@@ -30,6 +30,7 @@ from audio_cls.errors import ConfigError, DataError
 from audio_cls.runs import instantiate_group, run_task, scalar_metrics
 from audio_cls.sed import test_detection
 from audio_cls.train import check_shortest_input
+from audio_cls.tta import set_test_views
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def evaluate(cfg: DictConfig, overrides: list[str] | None = None) -> dict:
     )
     task = "multilabel" if module.multilabel else "multiclass"  # the checkpoint's: its thresholds and metrics
     datamodule = instantiate(cfg.data, features=module.features, task=task)
+    set_test_views(datamodule, module, OmegaConf.to_container(cfg, resolve=True), module.hparams.config)
     datamodule.setup("test")
     if datamodule.class_names != module.class_names:
         raise DataError(f"data: classes {datamodule.class_names} differ from the checkpoint's {module.class_names}")

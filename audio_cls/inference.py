@@ -22,6 +22,7 @@ import torch
 import torchaudio
 from torch import nn
 
+from audio_cls import tta
 from audio_cls.audio import AUDIO_EXTENSIONS, audio_files, audio_info, load_audio
 from audio_cls.checkpoints import load_model
 from audio_cls.data.manifest import parse_segment
@@ -155,6 +156,9 @@ class Classifier:
         frame_threshold, median_frames, min_duration, min_gap: how frame scores become events (networks with a
             frame head; `audio_cls.sed.events_from_scores`), always over the whole recording; None: the
             checkpoint's frame thresholds (per class, tuned on validation) and the training run's task.median_frames.
+        tta_views, tta_shift: test-time augmentation (audio_cls/tta.py): each window's probabilities averaged over
+            `tta_views` crops shifted by up to `tta_shift` seconds either way (None: the training run's
+            augment.waveform.shift), read from the recording around the window.
     """
 
     def __init__(
@@ -170,6 +174,8 @@ class Classifier:
         median_frames: int | None = None,
         min_duration: float = 0.0,
         min_gap: float = 0.0,
+        tta_views: int = 1,
+        tta_shift: float | None = None,
     ):
         config = module.hparams.get("config") or {}
         if not (config.get("data") or {}).get("sample_rate") or module.features is None:
@@ -212,6 +218,10 @@ class Classifier:
             aggregate = "max" if self.multilabel else "mean"
         self.aggregate, self.top_k, self.batch_size = aggregate, min(top_k, len(self.class_names)), batch_size
         self.window, self.hop = self._window_and_hop(window, hop, config["data"].get("duration"))
+        views = tta.from_config({"tta": {"views": tta_views, "shift": tta_shift}}, config)
+        if views is not None and self.detects_events:
+            raise ConfigError("tta.views: test-time views are for clip-level models, not sound event detection")
+        self.views = views or tta.ShiftedCrops(1, 0)  # one view: the windows themselves
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", **settings) -> Classifier:
@@ -259,6 +269,22 @@ class Classifier:
         if lengths is None:
             lengths = torch.full((waveforms.shape[0],), waveforms.shape[1])
         return self.graph(waveforms, lengths.to(self.device))[1].float().cpu()
+
+    @torch.inference_mode()
+    def window_probabilities(self, wave: torch.Tensor, starts: list[int], size: int) -> torch.Tensor:
+        """Probabilities (windows, classes) of the `size`-sample windows of a mono waveform (samples,) that start
+        at `starts` (zero past its end), each averaged over its test-time views when `tta_views` > 1."""
+        wave, views = wave.to(self.device, torch.float32), self.views.views
+        out = []
+        for chunk in torch.tensor(starts).split(max(1, self.batch_size // views)):
+            rows, lengths = wave[None].expand(len(chunk), -1), torch.full((len(chunk),), wave.numel())
+            crops, sizes = self.views(rows, lengths, size, chunk)
+            logits, probs = self.graph(crops, sizes.to(self.device))
+            if views > 1:  # as a test with views computes them (AudioClassifier.test_step)
+                logits = tta.average_views(logits, views, self.multilabel)
+                probs = torch.sigmoid(logits) if self.multilabel else (logits / self.graph.temperature).softmax(-1)
+            out.append(probs.float().cpu())
+        return torch.cat(out)
 
     # --- one recording -------------------------------------------------------------------------------
     def predict(
@@ -321,18 +347,14 @@ class Classifier:
         """Label a mono waveform (samples,) already at the model's rate."""
         notes = list(notes or [])
         n = wave.numel()
-        if self.window is None:  # whole file, padded to what the network accepts
-            batch, starts, size = self._pad(wave, max(n, self.min_samples))[None], [0], max(n, self.min_samples)
-        else:
-            batch, starts = self._windows(wave)
-            size = self.window
+        starts, size = self.window_starts(n)
         padded = n < size
         if padded:
             notes.append(
                 f"shorter than {'a window' if self.window else 'the network accepts'} "
                 f"({n / self.sample_rate:.3f} s < {size / self.sample_rate:.3f} s): zero-padded"
             )
-        probs = torch.cat([self.probabilities(chunk) for chunk in batch.split(self.batch_size)])
+        probs = self.window_probabilities(wave, starts, size)
         scores = probs.mean(0) if self.aggregate == "mean" else probs.amax(0)
         top = scores.topk(self.top_k)
         detected = None
@@ -375,12 +397,19 @@ class Classifier:
         probs, hop = self.frame_probabilities(wave)
         return events_from_scores(probs.numpy(), hop, self.class_names, self.frame_thresholds, **self.event_settings)
 
-    def _windows(self, wave: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
-        """(count, window) windows `hop` apart covering the whole recording; the last one is zero-padded."""
-        n = wave.numel()
+    def window_starts(self, n: int) -> tuple[list[int], int]:
+        """Where the windows of an `n`-sample recording start, and their length: the whole file, padded to what the
+        network accepts, or windows `hop` apart covering the whole recording, the last one zero-padded."""
+        if self.window is None:
+            return [0], max(n, self.min_samples)
         count = 1 if n <= self.window else 1 + math.ceil((n - self.window) / self.hop)
-        padded = self._pad(wave, (count - 1) * self.hop + self.window)
-        return padded.unfold(0, self.window, self.hop), [i * self.hop for i in range(count)]
+        return [i * self.hop for i in range(count)], self.window
+
+    def windows(self, wave: torch.Tensor) -> tuple[torch.Tensor, list[int], int]:
+        """The windows of a mono waveform as a batch (windows, size), their starts and their size."""
+        starts, size = self.window_starts(wave.numel())
+        padded = self._pad(wave, starts[-1] + size)
+        return torch.stack([padded[s : s + size] for s in starts]), starts, size
 
     @staticmethod
     def _pad(wave: torch.Tensor, length: int) -> torch.Tensor:

@@ -49,6 +49,7 @@ from audio_cls.errors import ConfigError, TrainingDiverged
 from audio_cls.features import FeatureExtractor, frame_mask
 from audio_cls.model.layers import backbone, has_frame_head
 from audio_cls.runs import log_figure, log_text
+from audio_cls.tta import average_views
 
 Spec = Mapping | Callable
 
@@ -233,6 +234,10 @@ class AudioClassifier(L.LightningModule):
         loss is weight * loss(targets) + (1 - weight) * loss(partners' targets), and metrics count the
         label with the larger weight. Multi-label: the label vectors are mixed the same way (one loss on
         the soft targets); with strong labels and a frame head, a frame-level loss is added."""
+        if "views" in batch:  # test-time augmentation (audio_cls/tta.py): the views' mean probability
+            logits = self.view_logits(batch)
+            targets = batch["targets"].float() if self.multilabel else batch["targets"]
+            return logits, self.criterion(logits, targets), targets
         if self.multilabel:
             return self._multilabel_logits_and_loss(batch, mix)
         logits = self(batch["inputs"], batch["lengths"])
@@ -243,6 +248,11 @@ class AudioClassifier(L.LightningModule):
             loss = lam * loss + (1 - lam) * self.criterion(logits, targets[perm])
             targets = targets if lam >= 0.5 else targets[perm]
         return logits, loss, targets
+
+    def view_logits(self, batch: dict) -> torch.Tensor:
+        """(batch, classes) logits of a batch: those of its views' mean probability when it holds test-time views."""
+        logits = self(batch["inputs"], batch["lengths"])
+        return average_views(logits, batch["views"], self.multilabel) if "views" in batch else logits
 
     def _multilabel_logits_and_loss(self, batch: dict, mix) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         targets = batch["targets"].float()
@@ -561,7 +571,7 @@ class AudioClassifier(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """Probabilities (B, num_classes): softmax, or sigmoid for multi-label."""
-        logits = self(batch["inputs"], batch["lengths"])
+        logits = self.view_logits(batch)
         return torch.sigmoid(logits) if self.multilabel else logits.softmax(dim=-1)
 
     def configure_optimizers(self) -> Any:

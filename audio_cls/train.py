@@ -32,11 +32,55 @@ from audio_cls.runs import instantiate_group, log_hparams, run_task, scalar_metr
 from audio_cls.sed import test_detection
 from audio_cls.transfer import callbacks as transfer_callbacks
 from audio_cls.transfer import command_line, read_init
+from audio_cls.tta import set_test_views
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> dict:
+    datamodule, module, config = build_run(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    callbacks = [*instantiate_group(cfg.callbacks), *transfer_callbacks(cfg)]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.logger))
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    metrics = scalar_metrics(trainer.callback_metrics)
+    metrics["train_time_s"] = time.perf_counter() - started
+    metrics["epochs"] = trainer.current_epoch
+
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    events_per_class = None
+    if cfg.test:
+        if not best:
+            log.warning("No best checkpoint (checkpointing off or fast_dev_run): testing the last weights")
+        trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update(scalar_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
+        log.info("Test results per class:\n%s", module.per_class_table())
+        if trainer.is_global_zero:
+            write_run_predictions(output_dir, module, datamodule)  # what `audio_cls.compare` pairs runs on
+            detection = test_detection(module, datamodule)
+            events_per_class = detection.pop("test/events_per_class", None)
+            metrics.update(detection)
+    if trainer.is_global_zero:
+        log_hparams(trainer.loggers, config, metrics, best_checkpoint=best)
+        log.info("Metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        log.info("Run directory: %s", output_dir)
+    return {
+        **metrics,
+        "skipped_files": len(datamodule.skipped),
+        "duplicate_files": len(datamodule.duplicates),
+        "best_checkpoint": best,
+        "class_names": module.class_names,
+        "test/per_class": module.test_per_class,
+        "test/confusion_matrix": module.test_confusion_matrix,
+        **({"test/events_per_class": events_per_class} if events_per_class else {}),
+    }
+
+
+def build_run(cfg: DictConfig) -> tuple:
+    """Everything a training run needs before the Trainer, from its config: (datamodule set up for fitting, with
+    the splits written to the run directory; AudioClassifier; the resolved config as a dict). Shared by
+    `audio_cls.tune`, which tunes what this builds."""
     check_config(cfg)  # before any data is read
     init = read_init(cfg)  # transfer.init_from: a checkpoint's features and sample rate become the run's
     output_dir = Path(cfg.paths.output_dir)
@@ -73,43 +117,9 @@ def train(cfg: DictConfig) -> dict:
     )
     if cfg.distill.teacher is not None:
         module.set_teacher(teacher_log_probs(cfg.distill.teacher, datamodule, cfg.distill.temperature))
+    set_test_views(datamodule, module, config, config)  # for the test after training
     log.info("Network %s: %.2fM parameters", type(net).__name__, sum(p.numel() for p in net.parameters()) / 1e6)
-
-    callbacks = [*instantiate_group(cfg.callbacks), *transfer_callbacks(cfg)]
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=instantiate_group(cfg.logger))
-    started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
-    metrics = scalar_metrics(trainer.callback_metrics)
-    metrics["train_time_s"] = time.perf_counter() - started
-    metrics["epochs"] = trainer.current_epoch
-
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    events_per_class = None
-    if cfg.test:
-        if not best:
-            log.warning("No best checkpoint (checkpointing off or fast_dev_run): testing the last weights")
-        trainer.test(module, datamodule=datamodule, ckpt_path=best or None)
-        metrics.update(scalar_metrics({k: v for k, v in trainer.callback_metrics.items() if k.startswith("test/")}))
-        log.info("Test results per class:\n%s", module.per_class_table())
-        if trainer.is_global_zero:
-            write_run_predictions(output_dir, module, datamodule)  # what `audio_cls.compare` pairs runs on
-            detection = test_detection(module, datamodule)
-            events_per_class = detection.pop("test/events_per_class", None)
-            metrics.update(detection)
-    if trainer.is_global_zero:
-        log_hparams(trainer.loggers, config, metrics, best_checkpoint=best)
-        log.info("Metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        log.info("Run directory: %s", output_dir)
-    return {
-        **metrics,
-        "skipped_files": len(datamodule.skipped),
-        "duplicate_files": len(datamodule.duplicates),
-        "best_checkpoint": best,
-        "class_names": module.class_names,
-        "test/per_class": module.test_per_class,
-        "test/confusion_matrix": module.test_confusion_matrix,
-        **({"test/events_per_class": events_per_class} if events_per_class else {}),
-    }
+    return datamodule, module, config
 
 
 def build_datamodule(cfg: DictConfig):

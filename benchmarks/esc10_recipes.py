@@ -58,6 +58,9 @@ RECIPES = {
     "esc50_cnn as shipped, seed=2": ["seed=2"],
     "esc50_cnn + 128 mel bands": ["features.n_mels=128"],
     "esc50_cnn + 300 epochs": ["trainer.max_epochs=300"],
+    "esc50_cnn trained on 3 s crops (tested on the centre 3 s; with views, on crops across the clip)": [
+        "data.duration=3.0"
+    ],
 }
 
 

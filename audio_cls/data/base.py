@@ -42,6 +42,7 @@ from audio_cls.data.splits import (
 )
 from audio_cls.errors import ConfigError, DataError
 from audio_cls.features import FeatureExtractor, GlobalNorm
+from audio_cls.tta import ShiftedCrops
 
 PLACEMENTS = ("auto", "worker", "device", "cache")
 
@@ -559,6 +560,9 @@ class AudioDataModule(L.LightningDataModule):
         self.waveform_augment = waveform_augment if waveform_augment is not None and waveform_augment.active else None
         self.spec_augment = spec_augment if spec_augment is not None and spec_augment.active else None
         self._device_features: tuple[torch.device, FeatureExtractor] | None = None  # placement=device
+        # Test-time augmentation (audio_cls/tta.py), set by train/eval: the test split is then read as whole
+        # waveforms, and each test batch becomes its views' features on the device.
+        self.test_views: ShiftedCrops | None = None
         self.check_duplicates = check_duplicates
         self.on_bad_file = on_bad_file
         self.cache_dir = Path(cache_dir)
@@ -967,9 +971,12 @@ class AudioDataModule(L.LightningDataModule):
     def dataset(self, split: str, placement: str | None = None, augment: bool = True) -> AudioDataset:
         """The split as the Dataset a placement needs (`self.placement` by default; "raw": un-normalized
         features for the cache). The training split is cropped at random and augmented unless `augment=False`."""
-        placement = placement or self.placement
+        views = placement is None and self.views_on(split)
+        placement = "device" if views else placement or self.placement
         train = augment and split == "train"
         common = self.dataset_arguments(split, train)
+        if views:  # whole waveforms: the views crop them (features_of)
+            common["num_samples"] = None
         spec_augment = self.spec_augment if train else None
         if placement == "cache":
             return CachedFeatureDataset(**common, cached=self.cached[split], spec_augment=spec_augment)
@@ -981,15 +988,25 @@ class AudioDataModule(L.LightningDataModule):
             return WaveformDataset(**common, **reading)
         return FeatureDataset(**common, **reading, spec_augment=spec_augment)
 
+    def views_on(self, split: str) -> bool:
+        """Whether `split` is read for test-time views: the test split, once `test_views` is set."""
+        return split == "test" and self.test_views is not None
+
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Lightning's hook after a batch reached its device: `features_of` it, augmented while training."""
-        return self.features_of(batch, train=self.trainer is not None and self.trainer.training)
+        trainer = self.trainer
+        views = self.test_views if trainer is not None and (trainer.testing or trainer.predicting) else None
+        return self.features_of(batch, train=trainer is not None and trainer.training, views=views)
 
-    def features_of(self, batch: dict, train: bool = False) -> dict:
+    def features_of(self, batch: dict, train: bool = False, views: ShiftedCrops | None = None) -> dict:
         """The batch with features for inputs. placement=device: batches hold padded waveforms, extracted here
         batched on their device (in float32, also under mixed precision) and, with `train`, masked
-        (SpecAugment); other placements already hold features."""
-        if self.placement != "device":
+        (SpecAugment); other placements already hold features. With `views`, a batch of whole waveforms
+        becomes its test-time views (`views` * batch rows, view-major; `batch["views"]` says how many)."""
+        if views is not None:
+            inputs, lengths = views(batch["inputs"], batch["lengths"], self.num_samples)
+            batch = {**batch, "inputs": inputs, "lengths": lengths, "views": views.views}
+        elif self.placement != "device":
             return batch
         device = batch["inputs"].device
         if self._device_features is None or self._device_features[0] != device:

@@ -212,9 +212,17 @@ class Shards(AudioDataModule):
     # --- streaming ---------------------------------------------------------------------------
     def dataset(self, split: str, placement: str | None = None, augment: bool = True) -> ShardStream:
         """The split as a ShardStream: each sample through the AudioDataset `placement` needs (as base.py's)."""
-        placement = placement or self.placement
+        views = placement is None and self.views_on(split)
+        if views and self.format == "features":
+            raise ConfigError(
+                f"tta.views: the shards in {self.root} hold features, and test-time views crop waveforms; "
+                "write the shards with format=audio"
+            )
+        placement = "device" if views else placement or self.placement
         train = augment and split == "train"
         common = self.dataset_arguments(split, train)
+        if views:  # whole waveforms: the views crop them (features_of)
+            common["num_samples"] = None
         spec_augment = self.spec_augment if train else None
         waveform_augment = self.waveform_augment if train else None
         if self.format == "features":
