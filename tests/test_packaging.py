@@ -15,7 +15,7 @@ from helpers import REPO
 
 # What the build reads: the project metadata, the readme it names, the package and the configs. A copy, so
 # that setuptools' build/ and *.egg-info never land in the working tree.
-SOURCES = ("pyproject.toml", "README.md", "LICENSE", "audio_cls", "conf")
+SOURCES = ("pyproject.toml", "README.md", "LICENSE", "audio_cls", "conf", "hydra_plugins")
 
 
 def test_conf_dir_of_the_checkout():
@@ -45,7 +45,7 @@ def test_wheel_ships_the_configs_and_its_entry_points_run(tmp_path):
 
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {f"audio_cls/conf/{p.relative_to(REPO / 'conf').as_posix()}" for p in (REPO / "conf").rglob("*.yaml")}
-    modules = {p.relative_to(REPO).as_posix() for p in (REPO / "audio_cls").rglob("*.py")}
+    modules = {p.relative_to(REPO).as_posix() for d in ("audio_cls", "hydra_plugins") for p in (REPO / d).rglob("*.py")}
     assert configs and not configs - names, f"configs missing from the wheel: {sorted(configs - names)[:5]}"
     assert not modules - names, f"modules missing from the wheel: {sorted(modules - names)}"
     assert any(n.split("/")[-1] == "LICENSE" and ".dist-info/" in n for n in names), "the wheel lacks LICENSE"

@@ -1,8 +1,12 @@
 """Multiruns through the real entry point: grid, Optuna, failures, submitit, and the report command."""
 
 import csv
+import fcntl
 import json
 import math
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +15,7 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 
 from audio_cls.compare import write_predictions
 from audio_cls.data.base import Item
-from helpers import run_entry
+from helpers import REPO, run_entry
 
 # Every test runs an entry point (sweeps, audio_cls.report) in a subprocess.
 pytestmark = pytest.mark.slow
@@ -86,6 +90,62 @@ def test_optuna_sweep(tmp_path, fsdd_slice):
     best = max(float(r["val/acc_best"]) for r in rows if r["status"] == "finished")
     assert math.isclose(results["best_value"], best, abs_tol=1e-6)
     assert results["best_params"]["optimizer.lr"] == pytest.approx(float(rows[0]["optimizer.lr"]))
+
+
+def test_a_killed_optuna_sweep_continues_where_it_stopped(tmp_path, fsdd_slice):
+    """SIGKILL during the second trial, then the same command again: the finished trial is kept, the killed one is
+    marked failed and run again with its parameters, the study ends with n_trials finished, and the report lists
+    every job. A sweep started while another runs the study is refused; one on a finished study runs nothing."""
+    import optuna
+
+    command = [
+        sys.executable,
+        "-m",
+        "audio_cls.train",
+        "-m",
+        "hparams_search=fsdd_optuna",
+        "hydra.sweeper.n_trials=3",
+        "trainer.max_epochs=5",
+        f"data.root={fsdd_slice}",
+        f"hydra.sweep.dir={tmp_path}",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+    ]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        log = tmp_path / "1" / "train.log"
+        deadline = time.monotonic() + 240
+        while not (log.is_file() and "Network" in log.read_text()):  # the second trial is training
+            assert first.poll() is None and time.monotonic() < deadline, "the sweep ended before its second trial"
+            time.sleep(0.1)
+    finally:
+        first.kill()
+        first.wait()
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    trials = optuna.load_study(study_name="fsdd_optuna", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "RUNNING"]
+    killed = trials[1].params
+
+    rerun = run_entry("audio_cls.train", *command[3:])
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    trials = optuna.load_study(study_name="fsdd_optuna", storage=storage).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[2].params == killed  # retried first, with the killed trial's parameters
+    assert trials[3].params not in ({**t.params} for t in trials[:3])  # the sampler did not repeat itself
+    overrides = {job: yaml.safe_load((tmp_path / str(job) / ".hydra" / "overrides.yaml").read_text()) for job in (1, 2)}
+    assert overrides[1] == overrides[2]
+    rows = {row["job"]: row["status"] for row in read_report(tmp_path)}
+    assert rows == {"0": "finished", "1": "incomplete", "2": "finished", "3": "finished"}
+
+    again = run_entry("audio_cls.train", *command[3:])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(optuna.load_study(study_name="fsdd_optuna", storage=storage).trials) == 4
+
+    with (tmp_path / "optuna.lock").open("a+") as lock:  # as a sweep still running holds it
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        busy = run_entry("audio_cls.train", *command[3:])
+    assert busy.returncode != 0 and "another sweep (process" in busy.stderr
+    assert len(optuna.load_study(study_name="fsdd_optuna", storage=storage).trials) == 4
 
 
 def test_submitit_local_launcher(tmp_path, fsdd_slice):
