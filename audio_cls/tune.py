@@ -1,0 +1,202 @@
+"""Tune a training config: `python -m audio_cls.tune [experiment=NAME] [any train override] [tune.KEY=VALUE]`.
+
+    the training run's config -> datamodule, network, AudioClassifier (as audio_cls.train builds them)
+    -> Lightning's batch-size scaler (tune.batch_size; the largest data.batch_size that fits in the device's memory)
+    -> Lightning's learning-rate range test (tune.lr_find; at that batch size)
+    -> lr_find.png, lr_find.csv, tune.json (the suggested optimizer.lr and data.batch_size, and the command that
+       trains with them) in the run directory; with tune.apply=true, that training run in <run dir>/train/
+
+Both tools leave the weights as they found them (Lightning restores them), and neither is a search: the range
+test suggests the learning rate where the loss falls fastest, a starting point to confirm with a short sweep.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shlex
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.tuner import Tuner
+from omegaconf import DictConfig, open_dict
+
+from audio_cls import CONF_DIR
+from audio_cls.errors import ConfigError
+from audio_cls.runs import run_task, write_json
+from audio_cls.train import build_run, train
+
+log = logging.getLogger(__name__)
+
+
+def tune(cfg: DictConfig) -> dict:
+    settings = cfg.tune
+    check_settings(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    # No checkpoints, early stopping or loggers of the training config: the tuner's short fits are not a run.
+    # max_epochs=-1: the tuner counts steps (num_training, steps_per_trial), however few batches an epoch has.
+    trainer = instantiate(cfg.trainer, callbacks=[], logger=False, enable_checkpointing=False, max_epochs=-1)
+    scale = settings.batch_size
+    if scale == "auto":  # the scaler finds the largest batch that fits in a GPU's memory
+        scale = not isinstance(trainer.accelerator, CPUAccelerator) and cfg.data.get("max_batch_seconds") is None
+        log.info(
+            "tune.batch_size=auto: %s",
+            "scaling data.batch_size"
+            if scale
+            else "not scaling (on the CPU, or "
+            "data.max_batch_seconds sets the batches); tune.batch_size=true scales it anyway",
+        )
+    datamodule, module, _ = build_run(cfg)
+    tuner = Tuner(trainer)
+    suggested: dict = {}
+    if scale:
+        size = tuner.scale_batch_size(
+            module,
+            datamodule=datamodule,
+            mode=settings.batch_size_mode,
+            steps_per_trial=settings.steps_per_trial,
+            init_val=datamodule.batch_size,
+            max_val=settings.max_batch_size,
+        )
+        suggested["data.batch_size"] = int(size)
+        log.info("Batch-size scaler: data.batch_size=%d (from %d)", size, cfg.data.batch_size)
+
+    if settings.lr_find:
+        finder = tuner.lr_find(
+            module,
+            datamodule=datamodule,
+            min_lr=settings.min_lr,
+            max_lr=settings.max_lr,
+            num_training=settings.num_training,
+            mode=settings.lr_mode,
+            early_stop_threshold=settings.early_stop_threshold,
+            update_attr=False,  # our optimizer's rate is optimizer.lr in the config: tune.json and tune.apply set it
+        )
+        if finder is None:
+            raise ConfigError("tune.lr_find: Lightning's range test ran no steps (trainer.fast_dev_run?)")
+        lr = suggest_lr(finder.results["lr"], finder.results["loss"], settings.lr_mode)
+        write_range_test(output_dir, finder.results)
+        plot_range_test(finder.results, lr).savefig(output_dir / "lr_find.png", dpi=120, bbox_inches="tight")
+        if lr is None:
+            log.warning(
+                "lr_find: no suggestion: %d steps ran (fewer than 12, or no finite loss); see %s",
+                len(finder.results["lr"]),
+                output_dir / "lr_find.csv",
+            )
+        else:
+            suggested["optimizer.lr"] = float(lr)
+            log.info(
+                "Learning-rate range test: optimizer.lr=%.3g (was %g); plot in %s",
+                lr,
+                cfg.optimizer.lr,
+                output_dir / "lr_find.png",
+            )
+
+    overrides = [
+        f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in suggested.items()
+    ]
+    kept = [o for o in _task_overrides() if o.split("=", 1)[0].lstrip("+~") not in suggested]
+    command = shlex.join(["python", "-m", "audio_cls.train", *kept, *overrides])
+    result = {"suggested": suggested, "command": command}
+    (output_dir / "tune.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    log.info("To train with these values: %s", command)
+    if settings.apply and suggested:
+        trained = train(_applied(cfg, suggested, output_dir / "train"))
+        write_json(output_dir / "train" / "metrics.json", {"status": "finished", **trained})  # as a training run's
+        result["train"] = {k: v for k, v in trained.items() if isinstance(v, (int, float, str))}
+    return result
+
+
+def check_settings(cfg: DictConfig) -> None:
+    settings = cfg.tune
+    if settings.batch_size not in (True, False, "auto"):
+        raise ConfigError(f"tune.batch_size={settings.batch_size!r}: expected true, false or auto")
+    if settings.batch_size_mode not in ("power", "binsearch"):
+        raise ConfigError(f"tune.batch_size_mode={settings.batch_size_mode!r}: expected power or binsearch")
+    if settings.batch_size is True and cfg.data.get("max_batch_seconds") is not None:
+        raise ConfigError(
+            "tune.batch_size: data.max_batch_seconds fills batches by duration, not by data.batch_size; "
+            "set data.max_batch_seconds=null to scale the batch size, or tune.batch_size=false"
+        )
+    if not 0 < settings.min_lr < settings.max_lr:
+        raise ConfigError(f"tune.min_lr={settings.min_lr}, tune.max_lr={settings.max_lr}: need 0 < min_lr < max_lr")
+    if settings.lr_mode not in ("exponential", "linear"):
+        raise ConfigError(f"tune.lr_mode={settings.lr_mode!r}: expected exponential or linear")
+    if not settings.lr_find and not settings.batch_size:
+        raise ConfigError("tune.lr_find=false and tune.batch_size=false: nothing to tune")
+    if cfg.trainer.get("devices", 1) not in (1, "1") or cfg.trainer.get("num_nodes", 1) != 1:
+        raise ConfigError("tune: Lightning's tuner runs on one device; use trainer.devices=1 (then train with DDP)")
+
+
+def suggest_lr(lrs: list[float], losses: list[float], mode: str, skip_begin: int = 10, skip_end: int = 1):
+    """Lightning's rule, the learning rate where the smoothed loss falls fastest (the first `skip_begin` and last
+    `skip_end` steps left out), with the slope taken along the axis the rates were spaced on: log10(lr) in
+    exponential mode. Lightning 2.6's `suggestion()` takes it along lr itself, which in exponential mode makes the
+    smallest rates' noise look steepest (Lightning-AI/pytorch-lightning#21141; the fix, #21171, is not released).
+    None when fewer than two finite losses remain."""
+    lr = torch.tensor(lrs[skip_begin : len(lrs) - skip_end], dtype=torch.float64)
+    loss = torch.tensor(losses[skip_begin : len(losses) - skip_end], dtype=torch.float64)
+    finite = torch.isfinite(loss)
+    lr, loss = lr[finite], loss[finite]
+    if len(loss) < 2:
+        return None
+    axis = torch.log10(lr) if mode == "exponential" else lr
+    return float(lr[torch.argmin(torch.gradient(loss, spacing=[axis])[0])])
+
+
+def plot_range_test(results: dict, suggestion: float | None):
+    """The range test's smoothed loss against the learning rate, the suggestion marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(results["lr"], results["loss"])
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss (smoothed)", title="Learning-rate range test")
+    if suggestion is not None:
+        ax.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested {suggestion:.3g}")
+        ax.legend()
+    figure.tight_layout()
+    return figure
+
+
+def write_range_test(output_dir: Path, results: dict) -> None:
+    """lr_find.csv: the learning rate of each step of the range test and the smoothed loss there."""
+    with (output_dir / "lr_find.csv").open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["lr", "loss"])
+        writer.writerows(zip(results["lr"], results["loss"]))
+
+
+def _task_overrides() -> list[str]:
+    """The command line's overrides (minus tune.*), to repeat in the suggested training command."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [o for o in HydraConfig.get().overrides.task if not o.lstrip("+~").startswith("tune.")]
+
+
+def _applied(cfg: DictConfig, suggested: dict, output_dir: Path) -> DictConfig:
+    applied = cfg.copy()
+    with open_dict(applied):
+        for key, value in suggested.items():
+            section, name = key.split(".")
+            applied[section][name] = value
+        applied.paths.output_dir = str(output_dir)  # trainer.default_root_dir follows it
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return applied
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="tune")
+def main(cfg: DictConfig) -> float:
+    return run_task(tune, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""`python -m audio_cls.tune`: Lightning's batch-size scaler and learning-rate range test on the composed training
+config, the suggested values written down, and tune.apply=true training with them."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from audio_cls import CONF_DIR
+from audio_cls.errors import ConfigError
+from audio_cls.tune import check_settings, suggest_lr
+from helpers import run_entry
+
+
+def test_the_suggestion_is_where_the_loss_falls_fastest_along_log_lr():
+    lrs = np.logspace(-6, 0, 100)
+    rng = np.random.default_rng(0)
+    # Flat (with noise) up to 1e-4, a fall that is steepest at 1e-2 in log(lr), a blow-up after 1e-1.
+    loss = 2.3 - 1.0 / (1 + np.exp(-3 * (np.log10(lrs) + 2))) + 0.01 * rng.standard_normal(100)
+    loss[lrs > 0.1] += 5 * (np.log10(lrs[lrs > 0.1]) + 1)
+    lr = suggest_lr(lrs.tolist(), loss.tolist(), "exponential")
+    assert 10**-2.5 < lr < 10**-1.5
+    # Along lr itself (Lightning 2.6's suggestion()) the smallest rates' noise is steepest: what this avoids.
+    steepest_along_lr = lrs[10:-1][
+        torch.gradient(torch.tensor(loss[10:-1]), spacing=[torch.tensor(lrs[10:-1])])[0].argmin()
+    ]
+    assert steepest_along_lr < 1e-4
+    assert suggest_lr([1e-3, 1e-2], [1.0, float("nan")], "exponential", skip_begin=0, skip_end=0) is None
+
+
+def tune_config(tmp_path, *overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("tune", overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["tune.min_lr=0.1", "tune.max_lr=0.01"], "need 0 < min_lr < max_lr"),
+        (["tune.lr_find=false", "tune.batch_size=false"], "nothing to tune"),
+        (["tune.batch_size=true", "data.max_batch_seconds=20"], "data.max_batch_seconds fills batches by duration"),
+        (["tune.lr_mode=cosine"], "tune.lr_mode='cosine'"),
+        (["trainer.devices=2"], "runs on one device"),
+    ],
+)
+def test_bad_settings_are_one_line_errors(tmp_path, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        check_settings(tune_config(tmp_path, *overrides))
+
+
+@pytest.mark.slow
+def test_tune_scales_the_batch_finds_a_rate_and_trains_with_them(tmp_path, fsdd_slice):
+    proc = run_entry(
+        "audio_cls.tune",
+        f"data.root={fsdd_slice}",
+        f"hydra.run.dir={tmp_path}",
+        "data.batch_size=16",
+        "tune.batch_size=true",  # on the CPU too, where nothing runs out of memory: it stops at max_batch_size
+        "tune.max_batch_size=64",
+        "tune.num_training=30",
+        "tune.apply=true",
+        "trainer.max_epochs=1",
+        "logger=csv",
+        "callbacks.progress_bar=null",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tuned = json.loads((tmp_path / "tune.json").read_text())
+    suggested = tuned["suggested"]
+    assert suggested["data.batch_size"] == 64  # 16 -> 32 -> 64, the limit
+    assert 1e-6 <= suggested["optimizer.lr"] <= 1.0
+    assert tuned["command"].startswith("python -m audio_cls.train ") and "data.batch_size=64" in tuned["command"]
+    rows = (tmp_path / "lr_find.csv").read_text().splitlines()
+    assert rows[0] == "lr,loss" and len(rows) > 10
+    assert (tmp_path / "lr_find.png").stat().st_size > 0
+    # tune.apply: a training run with those values, in train/
+    metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert metrics["status"] == "finished"
+    config = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)["hyper_parameters"]["config"]
+    assert config["data"]["batch_size"] == 64 and config["optimizer"]["lr"] == pytest.approx(suggested["optimizer.lr"])
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "finished"
