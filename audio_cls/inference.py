@@ -221,7 +221,7 @@ class Classifier:
         views = tta.from_config({"tta": {"views": tta_views, "shift": tta_shift}}, config)
         if views is not None and self.detects_events:
             raise ConfigError("tta.views: test-time views are for clip-level models, not sound event detection")
-        self.views = views or tta.ShiftedCrops(1, 0)  # one view: the windows themselves
+        self.views = views  # None: each window once
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "cpu", **settings) -> Classifier:
@@ -274,15 +274,17 @@ class Classifier:
     def window_probabilities(self, wave: torch.Tensor, starts: list[int], size: int) -> torch.Tensor:
         """Probabilities (windows, classes) of the `size`-sample windows of a mono waveform (samples,) that start
         at `starts` (zero past its end), each averaged over its test-time views when `tta_views` > 1."""
-        wave, views = wave.to(self.device, torch.float32), self.views.views
-        out = []
+        views = 1 if self.views is None else self.views.views
+        if views == 1:  # the windows themselves, sliced
+            batch = self._slice(wave, starts, size)
+            return torch.cat([self.probabilities(chunk) for chunk in batch.split(self.batch_size)])
+        wave, out = wave.to(self.device, torch.float32), []
         for chunk in torch.tensor(starts).split(max(1, self.batch_size // views)):
             rows, lengths = wave[None].expand(len(chunk), -1), torch.full((len(chunk),), wave.numel())
             crops, sizes = self.views(rows, lengths, size, chunk)
-            logits, probs = self.graph(crops, sizes.to(self.device))
-            if views > 1:  # as a test with views computes them (AudioClassifier.test_step)
-                logits = tta.average_views(logits, views, self.multilabel)
-                probs = torch.sigmoid(logits) if self.multilabel else (logits / self.graph.temperature).softmax(-1)
+            logits, _ = self.graph(crops, sizes.to(self.device))
+            logits = tta.average_views(logits, views, self.multilabel)  # as a test with views computes them
+            probs = torch.sigmoid(logits) if self.multilabel else (logits / self.graph.temperature).softmax(-1)
             out.append(probs.float().cpu())
         return torch.cat(out)
 
@@ -408,8 +410,11 @@ class Classifier:
     def windows(self, wave: torch.Tensor) -> tuple[torch.Tensor, list[int], int]:
         """The windows of a mono waveform as a batch (windows, size), their starts and their size."""
         starts, size = self.window_starts(wave.numel())
+        return self._slice(wave, starts, size), starts, size
+
+    def _slice(self, wave: torch.Tensor, starts: list[int], size: int) -> torch.Tensor:
         padded = self._pad(wave, starts[-1] + size)
-        return torch.stack([padded[s : s + size] for s in starts]), starts, size
+        return torch.stack([padded[s : s + size] for s in starts])
 
     @staticmethod
     def _pad(wave: torch.Tensor, length: int) -> torch.Tensor:

@@ -251,8 +251,11 @@ class AudioClassifier(L.LightningModule):
 
     def view_logits(self, batch: dict) -> torch.Tensor:
         """(batch, classes) logits of a batch: those of its views' mean probability when it holds test-time views."""
-        logits = self(batch["inputs"], batch["lengths"])
-        return average_views(logits, batch["views"], self.multilabel) if "views" in batch else logits
+        if "views" not in batch:
+            return self(batch["inputs"], batch["lengths"])
+        views = batch["views"]  # one forward per view: the memory of a batch without views
+        chunks = zip(batch["inputs"].chunk(views), batch["lengths"].chunk(views))
+        return average_views(torch.cat([self(x, n) for x, n in chunks]), views, self.multilabel)
 
     def _multilabel_logits_and_loss(self, batch: dict, mix) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         targets = batch["targets"].float()
@@ -452,14 +455,14 @@ class AudioClassifier(L.LightningModule):
         self.log("val/frame_f1", f1.gather(1, at[:, None].to(f1.device)).mean(), sync_dist=False)
 
     def _log_frame_scores(self) -> None:
-        """TensorBoard: the first validation recordings' frame scores per class, reference events drawn on them."""
+        """The first validation recordings' frame scores per class, reference events drawn on them, to the trackers
+        that show figures (TensorBoard, MLflow, W&B)."""
         example, self._frames_example = getattr(self, "_frames_example", None), None
         if example is None or not self.trainer.is_global_zero:
             return
-        for logger in self.loggers:
-            if hasattr(logger.experiment, "add_figure"):
-                figure = frame_scores_figure(*example, self.class_names)
-                logger.experiment.add_figure("val/frame_scores", figure, global_step=self.global_step)
+        log_figure(
+            self.loggers, "val/frame_scores", lambda: frame_scores_figure(*example, self.class_names), self.global_step
+        )
 
     def _gathered_scores(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This validation's or test's (probabilities, targets) (N, C) from every process."""
@@ -570,9 +573,9 @@ class AudioClassifier(L.LightningModule):
         return "\n".join(["| class | precision | recall | F1 | support |", "|---|---|---|---|---|", *rows])
 
     def predict_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        """Probabilities (B, num_classes): softmax, or sigmoid for multi-label."""
+        """Probabilities (B, num_classes): the calibrated softmax (as a test gives them), or sigmoid for multi-label."""
         logits = self.view_logits(batch)
-        return torch.sigmoid(logits) if self.multilabel else logits.softmax(dim=-1)
+        return torch.sigmoid(logits) if self.multilabel else (logits / self.temperature).softmax(dim=-1)
 
     def configure_optimizers(self) -> Any:
         spec, scale = self.hparams.optimizer or {"_target_": "torch.optim.Adam"}, self.hparams.backbone_lr_scale

@@ -57,8 +57,8 @@ def predict(cfg: DictConfig) -> dict:
         median_frames=cfg.get("median_frames"),
         min_duration=cfg.get("min_duration", 0.0),
         min_gap=cfg.get("min_gap", 0.0),
-        tta_views=cfg.get("tta", {}).get("views", 1),
-        tta_shift=cfg.get("tta", {}).get("shift"),
+        tta_views=(cfg.get("tta") or {}).get("views", 1),
+        tta_shift=(cfg.get("tta") or {}).get("shift"),
     )
     sources = collect_sources(str(cfg.input))
     spec = Path(str(cfg.input)).expanduser()
@@ -93,7 +93,7 @@ def predict(cfg: DictConfig) -> dict:
 
 def describe(classifier: Classifier) -> str:
     views = classifier.views
-    each = f", each the mean of {views.views} shifted crops" if views.views > 1 else ""
+    each = f", each the mean of {views.views} shifted crops" if views is not None else ""
     if classifier.window is None:
         return f"whole recordings{each}"
     return (

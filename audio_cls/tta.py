@@ -37,8 +37,8 @@ class ShiftedCrops(nn.Module):
             raise ConfigError(f"tta.views={views!r}: must be a positive integer (1: no test-time augmentation)")
         if views > 1 and shift_samples <= 0:
             raise ConfigError(
-                f"tta.views={views} needs tta.shift > 0 seconds (null takes the training run's "
-                "augment.waveform.shift, which is 0 here)"
+                f"tta.views={views} needs a shift of at least one sample: set tta.shift > 0 seconds (null takes "
+                "the training run's augment.waveform.shift)"
             )
         self.views = views
         self.shift_samples = int(shift_samples)
@@ -113,7 +113,7 @@ def set_test_views(datamodule, module: nn.Module, config: dict, trained_config: 
             "tta.views: test-time views are for clip-level models; this one detects sound events, whose "
             "frame scores the shifts would move"
         )
-    datamodule.test_views = views
+    datamodule.use_test_views(views)
     if views is not None:
         rate = trained_config["data"]["sample_rate"]
         log.info(

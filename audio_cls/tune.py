@@ -113,6 +113,15 @@ def tune(cfg: DictConfig) -> dict:
 
 def check_settings(cfg: DictConfig) -> None:
     settings = cfg.tune
+    for key in ("num_training", "steps_per_trial", "max_batch_size"):
+        value = settings[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"tune.{key}={value!r}: must be a positive integer")
+    for key in ("min_lr", "max_lr"):
+        if isinstance(settings[key], bool) or not isinstance(settings[key], (int, float)):
+            raise ConfigError(f"tune.{key}={settings[key]!r}: must be a number")
+    if cfg.trainer.get("fast_dev_run"):
+        raise ConfigError("tune: trainer.fast_dev_run (debug=fast) runs one batch, too few to tune anything")
     if settings.batch_size not in (True, False, "auto"):
         raise ConfigError(f"tune.batch_size={settings.batch_size!r}: expected true, false or auto")
     if settings.batch_size_mode not in ("power", "binsearch"):
@@ -126,6 +135,11 @@ def check_settings(cfg: DictConfig) -> None:
         raise ConfigError(f"tune.min_lr={settings.min_lr}, tune.max_lr={settings.max_lr}: need 0 < min_lr < max_lr")
     if settings.lr_mode not in ("exponential", "linear"):
         raise ConfigError(f"tune.lr_mode={settings.lr_mode!r}: expected exponential or linear")
+    if settings.batch_size is not False and settings.max_batch_size < cfg.data.batch_size:
+        raise ConfigError(
+            f"tune.max_batch_size={settings.max_batch_size} is below data.batch_size={cfg.data.batch_size}, "
+            "where the scaler starts"
+        )
     if not settings.lr_find and not settings.batch_size:
         raise ConfigError("tune.lr_find=false and tune.batch_size=false: nothing to tune")
     if cfg.trainer.get("devices", 1) not in (1, "1") or cfg.trainer.get("num_nodes", 1) != 1:

@@ -130,6 +130,7 @@ def test_a_killed_optuna_sweep_continues_where_it_stopped(tmp_path, fsdd_slice):
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     trials = optuna.load_study(study_name="fsdd_optuna", storage=storage).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[1].user_attrs["audio_cls:interrupted"]  # so that later reruns do not count it as a finished trial
     assert trials[2].params == killed  # retried first, with the killed trial's parameters
     assert trials[3].params not in ({**t.params} for t in trials[:3])  # the sampler did not repeat itself
     overrides = {job: yaml.safe_load((tmp_path / str(job) / ".hydra" / "overrides.yaml").read_text()) for job in (1, 2)}
@@ -140,6 +141,10 @@ def test_a_killed_optuna_sweep_continues_where_it_stopped(tmp_path, fsdd_slice):
     again = run_entry("audio_cls.train", *command[3:])
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(optuna.load_study(study_name="fsdd_optuna", storage=storage).trials) == 4
+
+    changed = [a.replace("trainer.max_epochs=5", "trainer.max_epochs=4") for a in command[3:]]
+    other = run_entry("audio_cls.train", *changed)  # not the settings the study ran with
+    assert other.returncode != 0 and "was run with other overrides" in other.stderr.splitlines()[-1]
 
     with (tmp_path / "optuna.lock").open("a+") as lock:  # as a sweep still running holds it
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -277,6 +277,7 @@ def test_a_training_run_reaches_mlflow_and_tensorboard(fsdd_slice, tmp_path, mon
     assert len(client.get_metric_history(run.info.run_id, "val/acc_best")) == 2  # one per epoch
     artifacts = Path(client.download_artifacts(run.info.run_id, "test", str(tmp_path / "dl")))
     assert (artifacts / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (artifacts / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = markdown_table((artifacts / "per_class.md").read_text())
     assert table[0][0] == "class" and sorted(row[0] for row in table[1]) == [str(d) for d in range(10)]
 

@@ -84,8 +84,9 @@ def train_config(tmp_path, *overrides):
         (["tta.views=0"], "tta.views=0: must be a positive integer"),
         (["tta.views=2.5"], "tta.views=2.5"),
         (["tta.shift=-1"], "tta.shift=-1: expected seconds >= 0"),
-        (["tta.views=5"], "tta.views=5 needs tta.shift > 0 seconds"),  # fsdd_cnn trains without a time shift
-        (["tta.views=5", "tta.shift=0"], "tta.views=5 needs tta.shift > 0 seconds"),
+        (["tta.views=5"], "tta.views=5 needs a shift of at least one sample"),  # fsdd_cnn trains without shifts
+        (["tta.views=5", "tta.shift=0"], "tta.views=5 needs a shift of at least one sample"),
+        (["tta.views=5", "tta.shift=0.00001"], "tta.views=5 needs a shift of at least one sample"),
     ],
 )
 def test_bad_settings_are_one_line_errors_before_any_data_is_read(overrides, message, tmp_path):

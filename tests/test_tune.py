@@ -47,6 +47,10 @@ def tune_config(tmp_path, *overrides):
         (["tune.batch_size=true", "data.max_batch_seconds=20"], "data.max_batch_seconds fills batches by duration"),
         (["tune.lr_mode=cosine"], "tune.lr_mode='cosine'"),
         (["trainer.devices=2"], "runs on one device"),
+        (["debug=fast"], "trainer.fast_dev_run"),
+        (["tune.num_training=0"], "tune.num_training=0: must be a positive integer"),
+        (["tune.max_lr=high"], "tune.max_lr='high': must be a number"),
+        (["tune.batch_size=true", "tune.max_batch_size=8"], "tune.max_batch_size=8 is below data.batch_size=64"),
     ],
 )
 def test_bad_settings_are_one_line_errors(tmp_path, overrides, message):

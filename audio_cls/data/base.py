@@ -988,6 +988,10 @@ class AudioDataModule(L.LightningDataModule):
             return WaveformDataset(**common, **reading)
         return FeatureDataset(**common, **reading, spec_augment=spec_augment)
 
+    def use_test_views(self, views: ShiftedCrops | None) -> None:
+        """Test (and predict through Lightning) with these test-time views, or without (None)."""
+        self.test_views = views
+
     def views_on(self, split: str) -> bool:
         """Whether `split` is read for test-time views: the test split, once `test_views` is set."""
         return split == "test" and self.test_views is not None

@@ -202,6 +202,14 @@ class Shards(AudioDataModule):
         ).hexdigest()
         return self.cache_dir / f"{type(self).__name__}-{kind}-{key[:24]}.pt"
 
+    def use_test_views(self, views) -> None:
+        if views is not None and self.format == "features":
+            raise ConfigError(
+                f"tta.views: the shards in {self.root} hold features, and test-time views crop waveforms; "
+                "write the shards with format=audio"
+            )
+        super().use_test_views(views)
+
     def choose_placement(self) -> str:
         if self.format == "features":
             return "worker"
@@ -213,11 +221,6 @@ class Shards(AudioDataModule):
     def dataset(self, split: str, placement: str | None = None, augment: bool = True) -> ShardStream:
         """The split as a ShardStream: each sample through the AudioDataset `placement` needs (as base.py's)."""
         views = placement is None and self.views_on(split)
-        if views and self.format == "features":
-            raise ConfigError(
-                f"tta.views: the shards in {self.root} hold features, and test-time views crop waveforms; "
-                "write the shards with format=audio"
-            )
         placement = "device" if views else placement or self.placement
         train = augment and split == "train"
         common = self.dataset_arguments(split, train)
