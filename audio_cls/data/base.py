@@ -998,8 +998,9 @@ class AudioDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         """Lightning's hook after a batch reached its device: `features_of` it, augmented while training."""
-        trainer = self.trainer
-        views = self.test_views if trainer is not None and (trainer.testing or trainer.predicting) else None
+        trainer, views = self.trainer, self.test_views
+        if views is not None and not (trainer is not None and (trainer.testing or trainer.predicting)):
+            views = None  # test-time views are for testing and prediction only
         return self.features_of(batch, train=trainer is not None and trainer.training, views=views)
 
     def features_of(self, batch: dict, train: bool = False, views: ShiftedCrops | None = None) -> dict:
