@@ -325,3 +325,23 @@ def test_a_training_run_reaches_wandb_offline_beside_tensorboard_and_csv(fsdd_sl
     assert (run_dir / "csv" / "metrics.csv").is_file()
     tags = tensorboard_tags(run_dir / "tensorboard")
     assert "test/confusion_matrix" in tags["images"] and "test/per_class/text_summary" in tags["text"]
+
+
+def test_validation_frame_scores_reach_mlflow_too(tmp_path):
+    """A sound event detection model's validation frame scores (`val/frame_scores`) go to every tracker that shows
+    figures, as the test figures do (they went to TensorBoard only)."""
+    from types import SimpleNamespace
+
+    from audio_cls.model.crnn import CRNN
+    from audio_cls.module import AudioClassifier
+
+    uri = f"file:{tmp_path / 'mlflow'}"
+    mlflow_logger = MLFlowLogger(experiment_name="train", tracking_uri=uri, run_name="r")
+    module = AudioClassifier(CRNN(8, 3, frame_pooling="attention"), None, ["a", "b", "c"], multilabel=True)
+    module._trainer = SimpleNamespace(is_global_zero=True, loggers=[mlflow_logger], global_step=3)
+    events = torch.tensor([[[0.1, 0.3, 0.0]], [[0.0, 0.2, 2.0]]])  # (recordings, events, onset/offset/class)
+    module._frames_example = (torch.rand(2, 10, 3), torch.tensor([10, 7]), events, 0.04)
+    module._log_frame_scores()
+    client, run = mlflow_run(uri)
+    artifacts = Path(client.download_artifacts(run.info.run_id, "val", str(tmp_path / "dl")))
+    assert (artifacts / "frame_scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
