@@ -104,7 +104,11 @@ class InferenceGraph(nn.Module):
         if self.features is not None:
             inputs, lengths = extract(self.features, inputs, lengths)
         logits = self.net(inputs, lengths)
-        return logits, torch.sigmoid(logits) if self.multilabel else (logits / self.temperature).softmax(dim=-1)
+        return logits, self.probabilities(logits)
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """Logits -> what prediction gives: a sigmoid per class (multi-label), else the calibrated softmax."""
+        return torch.sigmoid(logits) if self.multilabel else (logits / self.temperature).softmax(dim=-1)
 
     @property
     def input_names(self) -> tuple[str, str]:
@@ -284,8 +288,7 @@ class Classifier:
             crops, sizes = self.views(rows, lengths, size, chunk)
             logits, _ = self.graph(crops, sizes.to(self.device))
             logits = tta.average_views(logits, views, self.multilabel)  # as a test with views computes them
-            probs = torch.sigmoid(logits) if self.multilabel else (logits / self.graph.temperature).softmax(-1)
-            out.append(probs.float().cpu())
+            out.append(self.graph.probabilities(logits).float().cpu())
         return torch.cat(out)
 
     # --- one recording -------------------------------------------------------------------------------

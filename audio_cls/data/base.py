@@ -956,27 +956,28 @@ class AudioDataModule(L.LightningDataModule):
         samples = self.num_samples or self.shortest_samples
         return int(self.features.num_frames(samples))
 
-    def dataset_arguments(self, split: str, train: bool) -> dict:
-        """What every AudioDataset of the split takes (random crops in training)."""
-        return dict(
+    def dataset_arguments(self, split: str, placement: str | None, augment: bool) -> tuple[str, bool, dict]:
+        """What every AudioDataset of the split takes, for `dataset()` here and in subclasses: (the placement,
+        `self.placement` unless given; whether the split is read for training (random crops, augmentation);
+        the arguments). A test split read for test-time views is whole waveforms, on the device: the views
+        crop them (features_of)."""
+        views = placement is None and self.views_on(split)
+        train = augment and split == "train"
+        common = dict(
             items=self.splits[split],
             class_to_index={name: i for i, name in enumerate(self.class_names)},
             sample_rate=self.sample_rate,
             features=self.features,
-            num_samples=self.num_samples,
+            num_samples=None if views else self.num_samples,
             random_crop=train,
             multilabel=self.multilabel,
         )
+        return "device" if views else placement or self.placement, train, common
 
     def dataset(self, split: str, placement: str | None = None, augment: bool = True) -> AudioDataset:
         """The split as the Dataset a placement needs (`self.placement` by default; "raw": un-normalized
         features for the cache). The training split is cropped at random and augmented unless `augment=False`."""
-        views = placement is None and self.views_on(split)
-        placement = "device" if views else placement or self.placement
-        train = augment and split == "train"
-        common = self.dataset_arguments(split, train)
-        if views:  # whole waveforms: the views crop them (features_of)
-            common["num_samples"] = None
+        placement, train, common = self.dataset_arguments(split, placement, augment)
         spec_augment = self.spec_augment if train else None
         if placement == "cache":
             return CachedFeatureDataset(**common, cached=self.cached[split], spec_augment=spec_augment)

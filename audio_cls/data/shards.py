@@ -220,12 +220,7 @@ class Shards(AudioDataModule):
     # --- streaming ---------------------------------------------------------------------------
     def dataset(self, split: str, placement: str | None = None, augment: bool = True) -> ShardStream:
         """The split as a ShardStream: each sample through the AudioDataset `placement` needs (as base.py's)."""
-        views = placement is None and self.views_on(split)
-        placement = "device" if views else placement or self.placement
-        train = augment and split == "train"
-        common = self.dataset_arguments(split, train)
-        if views:  # whole waveforms: the views crop them (features_of)
-            common["num_samples"] = None
+        placement, train, common = self.dataset_arguments(split, placement, augment)
         spec_augment = self.spec_augment if train else None
         waveform_augment = self.waveform_augment if train else None
         if self.format == "features":
