@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from audio_cls.compare import Predictions, compare_runs, load, verdict
-from common import REPO, print_table
+from common import REPO, best_checkpoint, print_table
 
 
 def runs_of(group: Path) -> list[Path]:
@@ -33,7 +33,7 @@ def runs_of(group: Path) -> list[Path]:
     candidates = (
         [group] if (group / "metrics.json").is_file() else sorted(p.parent for p in group.glob("*/metrics.json"))
     )
-    runs = [r for r in candidates if json.loads((r / "metrics.json").read_text()).get("best_checkpoint")]
+    runs = [r for r in candidates if best_checkpoint(r)]
     if not runs:
         raise SystemExit(f"{group}: no finished training run (metrics.json with best_checkpoint) in it")
     return runs
@@ -63,7 +63,7 @@ def evaluate(run: Path, out: Path, views: int, shift: float | None) -> dict:
     done = out / "metrics.json"
     if done.is_file() and json.loads(done.read_text()).get("status") == "finished":
         return json.loads(done.read_text())
-    checkpoint = json.loads((run / "metrics.json").read_text())["best_checkpoint"]
+    checkpoint = best_checkpoint(run)
     command = [
         sys.executable,
         "-m",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import time
 from pathlib import Path
@@ -22,6 +23,11 @@ def default_config(*overrides: str, output_dir: str | None = None):
     with open_dict(cfg):
         cfg.paths.output_dir = output_dir or str(REPO / "logs" / "bench")
     return cfg
+
+
+def best_checkpoint(run: Path) -> str | None:
+    """The checkpoint a training run folder's metrics.json names as its best; None for an unfinished run."""
+    return json.loads((run / "metrics.json").read_text()).get("best_checkpoint")
 
 
 def machine() -> str:

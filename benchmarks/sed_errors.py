@@ -18,7 +18,6 @@ and the table gives:
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -28,13 +27,13 @@ from hydra.utils import instantiate
 
 from audio_cls import sed
 from audio_cls.checkpoints import load_model
-from common import print_table
+from common import best_checkpoint, print_table
 
 
 def checkpoint_of(run: Path) -> Path:
     if run.is_file():
         return run
-    best = json.loads((run / "metrics.json").read_text()).get("best_checkpoint")
+    best = best_checkpoint(run)
     if not best:
         raise SystemExit(f"{run}: metrics.json names no best checkpoint (a finished training run?)")
     return Path(best)
