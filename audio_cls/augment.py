@@ -1,6 +1,6 @@
 """Training-time augmentation, the `augment` config group: validation and test data never pass through it.
 
-    waveform (samples,) -> WaveformAugment (shift, gain, background noise)   in the DataLoader workers
+    waveform (samples,) -> speed, crop -> WaveformAugment (shift, gain, noise)   in the DataLoader workers
         -> feature extraction -> SpecAugment (frequency and time masks)     where the features are made
         -> batch -> mixup                                                    in AudioClassifier.training_step
 
@@ -36,6 +36,27 @@ class RandomGain(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         return waveform * 10 ** (_uniform(self.min_db, self.max_db) / 20)
+
+
+class RandomSpeed(nn.Module):
+    """Play faster or slower by a factor drawn uniformly from `factors`, tempo and pitch together (speed
+    perturbation, Ko et al. 2015: Kaldi's and ESPnet's 0.9/1.0/1.1), with torchaudio's SpeedPerturbation.
+    A new voice from each recording: what a model trained on a few speakers lacks most.
+
+    (samples,) -> (ceil(samples / factor),): time stretches by 1 / factor, and event times with it.
+    """
+
+    def __init__(self, sample_rate: int, factors: list[float]):
+        super().__init__()
+        factors = list(factors)
+        if not factors or not all(isinstance(f, (int, float)) and 0.5 <= f <= 2.0 for f in factors):
+            raise ConfigError(
+                f"augment.waveform.speed={factors}: expected a list of factors in [0.5, 2], e.g. [0.9, 1.0, 1.1]"
+            )
+        self.perturb = T.SpeedPerturbation(sample_rate, factors)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.perturb(waveform)[0]
 
 
 class RandomShift(nn.Module):
@@ -124,11 +145,13 @@ class BackgroundNoise(nn.Module):
 
 
 class WaveformAugment(nn.Module):
-    """The configured waveform augmentations in order: shift, gain, background noise. Each is off
-    unless configured; `active` says whether any is on.
+    """The configured waveform augmentations in order: shift, gain, background noise; and `speed`, which
+    the dataset applies first, before it crops to data.duration (so that crops keep their length). Each is
+    off unless configured; `active` says whether any is on.
 
     Args (conf/augment/default.yaml, `augment.waveform.*`):
         sample_rate: the training rate (noise recordings are resampled to it).
+        speed: factors to draw the speed from (RandomSpeed), or null.
         gain_db: [min, max] decibels of random gain, or null.
         shift: largest time shift in seconds (either way), 0 for none.
         noise_dir: a folder of noise recordings, or null; `snr_db` [min, max], `noise_prob` and
@@ -144,8 +167,10 @@ class WaveformAugment(nn.Module):
         snr_db: tuple[float, float] = (5.0, 20.0),
         noise_prob: float = 1.0,
         noise_range: tuple[float, float] = (0.0, 1.0),
+        speed: list[float] | None = None,
     ):
         super().__init__()
+        self.speed = RandomSpeed(sample_rate, speed) if speed is not None else None
         steps = []
         if shift:
             steps.append(RandomShift(round(shift * sample_rate)))
@@ -157,7 +182,7 @@ class WaveformAugment(nn.Module):
 
     @property
     def active(self) -> bool:
-        return len(self.steps) > 0
+        return len(self.steps) > 0 or self.speed is not None
 
     @property
     def shifts(self) -> bool:
@@ -165,7 +190,7 @@ class WaveformAugment(nn.Module):
         return any(isinstance(step, RandomShift) for step in self.steps)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        """(samples,) -> (samples,)"""
+        """(samples,) -> (samples,): the steps after the crop (not `speed`)."""
         for step in self.steps:
             waveform = step(waveform)
         return waveform

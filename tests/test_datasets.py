@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 from hydra import compose, initialize_config_dir
 
-from audio_cls.augment import BackgroundNoise, RandomGain, RandomShift, SpecAugment, WaveformAugment, mixup
+from audio_cls.augment import BackgroundNoise, RandomGain, RandomShift, RandomSpeed, SpecAugment, WaveformAugment, mixup
 from audio_cls.data.base import Item, multilabel_item
 from audio_cls.data.download import download_and_extract
 from audio_cls.data.esc50 import ESC50
@@ -696,6 +696,13 @@ def test_waveform_augmentations_do_what_they_say(tmp_path):
     snr = 10 * torch.log10(wave.pow(2).mean() / (noisy - wave).pow(2).mean())
     assert abs(snr.item() - 10.0) < 0.01
     assert not WaveformAugment(16000).active
+    for factor in (0.9, 1.1):  # slower: longer and lower; faster: shorter and higher (torchaudio's resampling)
+        sped = RandomSpeed(16000, [factor])(wave)
+        assert sped.shape == (math.ceil(16000 / factor),)
+        peak = lambda x: int(torch.fft.rfft(x).abs().argmax()) / x.shape[0]  # cycles per sample  # noqa: E731
+        assert peak(sped) == pytest.approx(peak(wave) * factor, rel=0.01)
+    with pytest.raises(ConfigError, match=r"augment.waveform.speed=\[0.0, 1.0\]: expected a list of factors"):
+        WaveformAugment(16000, speed=[0.0, 1.0])
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="augment.waveform.noise_dir=.*empty: no audio files"):
         BackgroundNoise(str(tmp_path / "empty"), 16000)

@@ -7,9 +7,11 @@ import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from omegaconf import OmegaConf
 
+from audio_cls.augment import WaveformAugment
 from audio_cls.config_checks import check_config
 from audio_cls.data.manifest import Manifest
 from audio_cls.errors import ConfigError, DataError
@@ -225,6 +227,29 @@ def test_strong_labels_refuse_what_moves_the_audio(tmp_path):
     write_multilabel_manifest(tmp_path)
     with pytest.raises(ConfigError, match="data.duration=null"):
         manifest(tmp_path, events="events.tsv", duration=0.5).setup("fit")
+
+
+@pytest.mark.parametrize("placement", ["device", "worker"])
+def test_speed_perturbation_stretches_the_event_times_with_the_audio(tmp_path, placement):
+    """augment.waveform.speed slows a recording down or speeds it up: its strong labels must follow, or the frame
+    targets would mark frames where the sound is not."""
+    write_multilabel_manifest(tmp_path)
+    burst = np.zeros(8000)
+    burst[3200:4800] = 0.5 * np.sin(2 * np.pi * 500 * np.arange(1600) / 8000)  # 0.4-0.6 s, as its event says
+    sf.write(str(tmp_path / "c0.wav"), burst, 8000)
+    with (tmp_path / "events.tsv").open("w", newline="") as f:
+        f.write("filename\tonset\toffset\tevent_label\nc0.wav\t0.4\t0.6\tlow\nc1.wav\t0.1\t0.6\thigh\n")
+        f.write("c2.wav\t0.1\t0.6\thigh\nc2.wav\t0.1\t0.6\tlow\nc4.wav\t0.1\t0.6\tlow\nc5.wav\t0.1\t0.6\thigh\n")
+    augment = WaveformAugment(8000, speed=[0.8])  # 0.8x speed: 1.25x as long
+    dm = manifest(tmp_path, events="events.tsv", placement=placement, waveform_augment=augment)
+    dm.setup("fit")
+    index = next(i for i, it in enumerate(dm.splits["train"]) if it.path.endswith("c0.wav"))
+    item = dm.dataset("train", placement="device")[index]
+    assert torch.allclose(item["events"], torch.tensor([[0.5, 0.75, 1.0]]))
+    loud = torch.nonzero(item["inputs"].abs() > 0.05).flatten() / 8000
+    assert item["inputs"].shape[0] == 10000 and 0.49 < float(loud.min()) and float(loud.max()) < 0.76
+    assert torch.allclose(dm.dataset("train")[index]["events"], item["events"])  # the placement's own dataset
+    assert torch.allclose(dm.dataset("val")[0]["events"], torch.tensor([[0.1, 0.6, 1.0]]))  # never augmented
 
 
 def test_multilabel_task_refuses_cross_entropy():

@@ -126,24 +126,32 @@ class AudioDataset(Dataset):
         return self._item(key)
 
     def _item(self, index: int) -> dict | None:
-        inputs = self.inputs(index)
-        if inputs is None:
+        loaded = self.load(index)
+        if loaded is None:
             return None
+        inputs, stretch = loaded
         item = self.items[index]
         if not self.multilabel:  # index: the item's place in its split (distillation looks up its teacher's outputs)
             return {"inputs": inputs, "target": self.class_to_index.get(item.label, -1), "index": index}
         target = torch.zeros(len(self.class_to_index))  # multi-hot
         target[[self.class_to_index[name] for name in labels_of(item)]] = 1.0
         out = {"inputs": inputs, "target": target, "index": index}
-        if item.events is not None:  # (events, 3): onset s, offset s, class index
+        if item.events is not None:  # (events, 3): onset s, offset s, class index, on the stretched time axis
             out["events"] = torch.tensor(
-                [(on, off, self.class_to_index[lab]) for on, off, lab in item.events], dtype=torch.float32
+                [(on * stretch, off * stretch, self.class_to_index[lab]) for on, off, lab in item.events],
+                dtype=torch.float32,
             ).reshape(-1, 3)
         return out
 
-    def inputs(self, index: int) -> torch.Tensor | None:
-        """What the batch holds for item `index`; None for a file found unreadable (pad_collate drops it)."""
+    def load(self, index: int) -> tuple[torch.Tensor, float] | None:
+        """What the batch holds for item `index`, and the factor by which augmentation stretched it in time
+        (1.0: not at all; speed perturbation); None for a file found unreadable (pad_collate drops it)."""
         raise NotImplementedError
+
+    def inputs(self, index: int) -> torch.Tensor | None:
+        """What the batch holds for item `index` (`load` without the stretch)."""
+        loaded = self.load(index)
+        return None if loaded is None else loaded[0]
 
 
 class WaveformDataset(AudioDataset):
@@ -157,13 +165,18 @@ class WaveformDataset(AudioDataset):
         self.waveform_augment = waveform_augment
         self.skip_bad_files = skip_bad_files
 
-    def inputs(self, index: int) -> torch.Tensor | None:
+    def load(self, index: int) -> tuple[torch.Tensor, float] | None:
         waveform = self.read(index)
         if waveform is None:
             return None
+        stretch = 1.0
+        if self.waveform_augment is not None and self.waveform_augment.speed is not None:
+            recorded = waveform.shape[0]
+            waveform = self.waveform_augment.speed(waveform)
+            stretch = waveform.shape[0] / recorded
         if self.num_samples is not None:
             waveform = crop_or_pad(waveform, self.num_samples, self.random_crop)
-        return self.waveform_augment(waveform) if self.waveform_augment is not None else waveform
+        return (self.waveform_augment(waveform) if self.waveform_augment is not None else waveform), stretch
 
     def read(self, index: int) -> torch.Tensor | None:
         item = self.items[index]
@@ -183,13 +196,14 @@ class FeatureDataset(WaveformDataset):
         super().__init__(*args, **kwargs)
         self.spec_augment = spec_augment
 
-    def inputs(self, index: int) -> torch.Tensor | None:
-        waveform = super().inputs(index)
-        if waveform is None:
+    def load(self, index: int) -> tuple[torch.Tensor, float] | None:
+        loaded = super().load(index)
+        if loaded is None:
             return None
+        waveform, stretch = loaded
         with torch.no_grad():
             x = self.features(waveform[None])
-            return (self.spec_augment(x) if self.spec_augment is not None else x)[0]
+            return (self.spec_augment(x) if self.spec_augment is not None else x)[0], stretch
 
 
 class RawFeatureDataset(WaveformDataset):
@@ -198,7 +212,7 @@ class RawFeatureDataset(WaveformDataset):
     from them when read (for longer recordings a crop of frames rather than of samples: the same
     distribution of crops, with the edge frames reading their real neighbours instead of silence)."""
 
-    def inputs(self, index: int) -> torch.Tensor | None:
+    def load(self, index: int) -> tuple[torch.Tensor, float] | None:
         waveform = self.read(index)
         if waveform is None:
             return None
@@ -206,7 +220,7 @@ class RawFeatureDataset(WaveformDataset):
             length = max(self.num_samples, waveform.shape[0]) if self.random_crop else self.num_samples
             waveform = crop_or_pad(waveform, length, False)
         with torch.no_grad():
-            return self.features.compute(waveform[None])[0]
+            return self.features.compute(waveform[None])[0], 1.0
 
 
 class CachedFeatureDataset(AudioDataset):
@@ -235,9 +249,9 @@ class CachedFeatureDataset(AudioDataset):
             x = crop_or_pad(x, self.frames, random_crop)
         return self.features.apply_norm(x[None])
 
-    def inputs(self, index: int) -> torch.Tensor:
+    def load(self, index: int) -> tuple[torch.Tensor, float]:
         x = self.normalized[index] if self.normalized is not None else self._normalize(self.cached[index], True)
-        return (self.spec_augment(x) if self.spec_augment is not None else x)[0]
+        return (self.spec_augment(x) if self.spec_augment is not None else x)[0], 1.0
 
 
 def _own_generator() -> torch.Generator:

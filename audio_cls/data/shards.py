@@ -320,9 +320,9 @@ class StoredFeatures(CachedFeatureDataset):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, cached=[], **kwargs)
 
-    def inputs(self, index: int) -> torch.Tensor:
+    def load(self, index: int) -> tuple[torch.Tensor, float]:
         x = self._normalize(self.current, self.random_crop)
-        return (self.spec_augment(x) if self.spec_augment is not None else x)[0]
+        return (self.spec_augment(x) if self.spec_augment is not None else x)[0], 1.0
 
 
 class ShardStream(StreamingDataset):
