@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from scipy.ndimage import median_filter
@@ -302,24 +303,39 @@ def test_detection(module, datamodule) -> dict:
     return {**{f"test/{k}": v for k, v in found.items()}, "test/events_per_class": per_class}
 
 
-def evaluate_detection(
-    module, datamodule, split: str = "test", thresholds: float | Sequence[float] = 0.5, median_frames: int = 1
-) -> dict[str, float | dict]:
-    """`sed_metrics` of a split, frames active at or above `thresholds` (one, or one per class of the module),
-    against the split's strong labels. Classes without a reference event in the split are left out (recall is
-    undefined for them)."""
+class Detections(NamedTuple):
+    """A split's frame scores and what `sed_metrics` compares them with, for the classes that have a reference
+    event in the split (recall is undefined for the others): its arguments, in its order."""
+
+    scores: dict[str, np.ndarray]  # path -> (frames, classes) probabilities, the columns of `class_names`
+    hop_seconds: float
+    class_names: list[str]
+    ground_truth: dict[str, list[Reference]]  # path -> merged reference events
+    durations: dict[str, float]
+    thresholds: np.ndarray  # (classes,)
+
+
+def split_detections(module, datamodule, split: str, thresholds: float | Sequence[float] = 0.5) -> Detections:
+    """`detection_scores` of a split with its strong labels, durations and the frame thresholds (one, or one
+    per class of the module), restricted to the classes present in the split's reference events."""
     scores, hop = detection_scores(module, datamodule, split)
     items = [it for it in datamodule.splits[split] if it.path in scores]
     truth = {it.path: merge_references(it.events or ()) for it in items}
     present = sorted({label for events in truth.values() for *_, label in events})
     columns = [module.class_names.index(label) for label in present]
-    thresholds = _class_thresholds(thresholds, module.class_names)[columns]
-    return sed_metrics(
+    return Detections(
         {path: s[:, columns] for path, s in scores.items()},
         hop,
         present,
         truth,
         {it.path: datamodule.seconds[it] for it in items},
-        thresholds=thresholds,
-        median_frames=median_frames,
+        _class_thresholds(thresholds, module.class_names)[columns],
     )
+
+
+def evaluate_detection(
+    module, datamodule, split: str = "test", thresholds: float | Sequence[float] = 0.5, median_frames: int = 1
+) -> dict[str, float | dict]:
+    """`sed_metrics` of a split, frames active at or above `thresholds` (one, or one per class of the module),
+    against the split's strong labels (`split_detections`: classes without a reference event there left out)."""
+    return sed_metrics(*split_detections(module, datamodule, split, thresholds), median_frames=median_frames)

@@ -79,12 +79,8 @@ def main() -> None:
             raise SystemExit(f"{run}: not a sound event detection model (no frame head)")
         datamodule = instantiate(module.hparams.config["data"], features=module.features, task="multilabel")
         datamodule.setup("test")
-        names = list(module.class_names)
-        scores, hop = sed.detection_scores(module, datamodule, "test")
-        items = [it for it in datamodule.splits["test"] if it.path in scores]
-        truth = {it.path: sed.merge_references(it.events or ()) for it in items}
-        seconds = {it.path: datamodule.seconds[it] for it in items}
-        thresholds = module.frame_thresholds.tolist()
+        found = sed.split_detections(module, datamodule, "test", module.frame_thresholds.tolist())
+        scores, hop, names, truth, seconds, thresholds = found
         median = (module.hparams.config.get("task") or {}).get("median_frames", 1)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -36,6 +36,13 @@ def test_ema_checkpoints_hold_the_averaged_weights(tmp_path, fsdd_slice):
     averaged, current = checkpoint["state_dict"], checkpoint["current_model_state"]
     weights = [k for k in averaged if k.endswith("weight")]
     assert weights and any(not torch.equal(averaged[k], current[k]) for k in weights)  # the average, not the last
+    # The run's test numbers are those of the averaged weights, which eval, predict and export read.
+    proc = run_entry(
+        "audio_cls.eval", f"ckpt_path={metrics['best_checkpoint']}", "logger=none", f"hydra.run.dir={tmp_path / 'eval'}"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert evaluated["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-4)
 
 
 def test_swa_averages_the_last_quarter_of_the_epochs(tmp_path, fsdd_slice):
