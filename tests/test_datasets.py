@@ -730,6 +730,11 @@ def test_augmentation_changes_training_data_only(tones, tmp_path):
     assert all(torch.equal(a[i]["inputs"], augmented.dataset("train", augment=False)[i]["inputs"]) for i in range(3))
     with pytest.raises(ConfigError, match="augment.waveform is on but data.placement=cache"):
         build(Folder, tones, features=LogMel(16000), placement="cache", waveform_augment=augment)
+    # speed perturbation comes before the crop: a data.duration crop keeps its length
+    slower = build(
+        Folder, tones, duration=0.3, placement="device", waveform_augment=WaveformAugment(16000, speed=[0.9])
+    )
+    assert all(slower.dataset("train")[i]["inputs"].shape == (4800,) for i in range(3))
 
 
 def test_mixup_mixes_pairs_and_trains(tones):
