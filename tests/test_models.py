@@ -178,3 +178,28 @@ def test_last_state_is_the_top_layers_final_states(bidirectional):
     h_n = torch.randn(3 * (2 if bidirectional else 1), 5, 4)  # (layers * directions, batch, hidden)
     top = [h_n[-2], h_n[-1]] if bidirectional else [h_n[-1]]
     torch.testing.assert_close(last_state(h_n, bidirectional), torch.cat(top, dim=-1))
+
+
+@pytest.mark.parametrize(
+    "model,overrides",
+    [
+        ("cnn1d", ["model.kernel_size=[5,3,3]", "model.pool_size=[2,1,2]"]),
+        ("cnn2d", ["model.kernel_size=[5,3,3]", "model.dilation=[1,2,1]"]),
+        ("crnn", ["model.kernel_size=[5,3]", "model.pool_size=[2,1]"]),
+    ],
+)
+def test_per_block_lists_from_the_command_line(model, overrides):
+    # Hydra hands lists over as ListConfig, not list: every per-block setting must read them as one value per block
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={model}", *overrides])
+    net = instantiate(cfg.model, in_features=40, num_classes=3).eval()
+    for key in overrides:
+        name, value = key.split("=")
+        expected = [int(v) for v in value.strip("[]").split(",")]
+        if name.removeprefix("model.") in ("kernel_size", "dilation"):
+            got = [block[0].__dict__[name.removeprefix("model.")][0] for block in net.blocks]
+            assert got == expected
+        if name == "model.pool_size":
+            assert [block.pool_size for block in net.blocks] == expected
+    x, lengths = torch.randn(2, 80, 40), torch.tensor([80, 61])
+    assert net(x, lengths).shape == (2, 3)

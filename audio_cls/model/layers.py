@@ -23,7 +23,7 @@ of CNN1d, CNN2d and CRNN, `(x, lengths) -> (maps, lengths)`, with the conv lengt
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -132,8 +132,9 @@ def masked_pool(x: torch.Tensor, lengths: torch.Tensor, mode: str) -> torch.Tens
 
 
 def per_block(value, num_blocks: int, key: str) -> list:
-    """A setting given once (applies to every block) or as a list with one entry per block."""
-    if isinstance(value, (list, tuple)):
+    """A setting given once (applies to every block) or as a list with one entry per block (a list, a tuple,
+    or the ListConfig Hydra passes for a list in the config or on the command line)."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != num_blocks:
             raise ConfigError(f"{key}={list(value)}: has {len(value)} entries for {num_blocks} blocks")
         return list(value)
