@@ -3,7 +3,8 @@
 Each (recipe, fold) is one `python -m audio_cls.train experiment=esc50_cnn +data.cv_fold=K ...` run, the same
 run `python -m audio_cls.cv` makes for that fold (test on the fold, checkpoint chosen on validation carved from
 the other folds); `--parallel` of them run at a time (on a GPU they share it), and the table gives each recipe's
-5-fold mean and spread. Runs that finished earlier are read back, so an interrupted grid continues.
+5-fold mean and spread, and the same for each run's last epoch (`checkpoints/last.ckpt` tested by
+`python -m audio_cls.eval`). Runs that finished earlier are read back, so an interrupted grid continues.
 
     python esc10_recipes.py --root ../../shared/data/esc10 [--parallel 2] [--recipes 0 3] [--out DIR]
 """
@@ -37,6 +38,9 @@ NARROW = ["model.channels=[32,64,128,128]"]
 NO_SHIFT = ["augment.waveform.shift=0.0", "augment.waveform.gain_db=null"]
 MILD = ["augment.mixup_alpha=0.2", "augment.spec_augment.freq_mask=8", "augment.spec_augment.time_mask=20"]
 EPOCHS_150 = ["trainer.max_epochs=150"]
+SPEED = ["augment.waveform.speed=[0.9,1.0,1.1]"]
+# ~9 steps an epoch: 0.995 averages over the last ~20 of the 200 epochs
+EMA = ["callbacks=ema", "callbacks.weight_averaging.multi_avg_fn.decay=0.995"]
 RECIPES = {
     "previous esc50_cnn: 22.05 kHz, CNN2d 32-64-128-128, mild augmentation, 80 epochs, early stopping": [
         *PREVIOUS,
@@ -61,6 +65,9 @@ RECIPES = {
     "esc50_cnn trained on 3 s crops (tested on the centre 3 s; with views, on crops across the clip)": [
         "data.duration=3.0"
     ],
+    "esc50_cnn + speed perturbation 0.9/1.0/1.1": [*SPEED],
+    "esc50_cnn + EMA of the weights (decay 0.995)": [*EMA],
+    "esc50_cnn + speed perturbation + EMA": [*SPEED, *EMA],
 }
 
 
@@ -95,24 +102,51 @@ def run(root: str, out: Path, recipe: int, fold: int, extra: list[str]) -> dict:
     return result
 
 
+def test_last(run_dir: Path) -> float | None:
+    """Test accuracy of the run's last epoch (checkpoints/last.ckpt): the end of the schedule, against the
+    epoch that validation (~30 clips) chose."""
+    done = run_dir / "last" / "metrics.json"
+    if not done.is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file():
+        command = [
+            sys.executable,
+            "-m",
+            "audio_cls.eval",
+            f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+            "logger=none",
+            f"hydra.run.dir={run_dir / 'last'}",
+        ]
+        with (run_dir / "last.log").open("w") as log:
+            subprocess.call(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    return json.loads(done.read_text()).get("test/acc") if done.is_file() else None
+
+
 def main(root: str, out: Path, recipes: list[int], folds: list[int], parallel: int, extra: list[str]) -> str:
     root = str(Path(root).resolve())
     jobs = [(r, f) for r in recipes for f in folds]
+
+    def run_and_test_last(job):
+        result = run(root, out, *job, extra)
+        return {**result, "last/test/acc": test_last(out / f"recipe_{job[0]}" / f"fold_{job[1]}")}
+
     with ThreadPoolExecutor(parallel) as pool:
-        results = dict(zip(jobs, pool.map(lambda job: run(root, out, *job, extra), jobs)))
-    rows = []
-    for r in recipes:
-        accs = [results[(r, f)].get("test/acc") for f in folds]
+        results = dict(zip(jobs, pool.map(run_and_test_last, jobs)))
+
+    def summary(accs: list[float | None]) -> tuple[str, str]:
         got = [a for a in accs if a is not None]
         mean = f"{statistics.mean(got):.1%}" if got else "-"
         std = f"{statistics.stdev(got):.1%}" if len(got) > 1 else "-"
-        per_fold = ", ".join(f"{a:.1%}" if a is not None else "-" for a in accs)
+        return f"{mean} +- {std}", ", ".join(f"{a:.1%}" if a is not None else "-" for a in accs)
+
+    rows = []
+    for r in recipes:
+        chosen, per_fold = summary([results[(r, f)].get("test/acc") for f in folds])
+        last, _ = summary([results[(r, f)].get("last/test/acc") for f in folds])
         seconds = [results[(r, f)].get("train_time_s") for f in folds]
         fold_time = statistics.mean(s for s in seconds if s) if any(seconds) else float("nan")
-        rows.append([r, list(RECIPES)[r], f"{mean} +- {std}", per_fold, f"{fold_time:.0f}"])
+        rows.append([r, list(RECIPES)[r], chosen, per_fold, last, f"{fold_time:.0f}"])
     return print_table(
         f"ESC-10, cross-validation over folds {', '.join(str(f + 1) for f in folds)} ({parallel} runs at a time)",
-        ["#", "recipe", "test accuracy, mean +- std", "per fold", "training s per fold"],
+        ["#", "recipe", "test accuracy, mean +- std", "per fold", "last epoch's", "training s per fold"],
         rows,
     )
 
