@@ -337,8 +337,11 @@ def sed_module(tmp_path_factory):
     `experiment=fsdd_mix_sed` builds it (two blocks pooling time by 2: 40 ms frames from 10 ms features), its
     frame logits scaled to spread over the sigmoid's range so that a 1e-4 tolerance means something, and
     decision and frame thresholds that differ between classes."""
-    tmp_path = tmp_path_factory.mktemp("sed")
-    cfg = compose_model("crnn", "logmel", tmp_path, "task=multilabel", "model.frame_pooling=attention")
+    return make_sed_module(tmp_path_factory.mktemp("sed"))
+
+
+def make_sed_module(tmp_path, *overrides):
+    cfg = compose_model("crnn", "logmel", tmp_path, "task=multilabel", "model.frame_pooling=attention", *overrides)
     torch.manual_seed(0)
     features = instantiate(cfg.features)
     net = randomize_batch_norm(instantiate(cfg.model, in_features=features.num_features, num_classes=3))
@@ -424,6 +427,17 @@ def test_sed_export_outputs_frame_probabilities_and_lengths(sed_module, fmt, fro
         assert set(diffs[kind]) == {*OUTPUT_NAMES, *FRAME_OUTPUT_NAMES}
         assert diffs[kind]["frame_lengths"] == 0 and diffs[kind]["frame_probabilities"] < TOLERANCE
     check_frames(exported, sed_module)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_sed_export_of_a_conv2d_front(fmt, tmp_path):
+    """The CRNN with a Conv2d front (model.dims=2): bands flattened into the GRU's input, same parity."""
+    module = make_sed_module(tmp_path, "model.dims=2", "model.freq_pool_size=[2,4]")
+    assert module.net.blocks.out_features == 5  # 40 mel bands pooled by 2, then 4
+    exported, diffs, _ = export_checked(Classifier(module), fmt, tmp_path, "outside")
+    assert diffs["random"]["frame_lengths"] == 0 and diffs["random"]["frame_probabilities"] < TOLERANCE
+    check_frames(exported, module)
 
 
 @pytest.mark.slow

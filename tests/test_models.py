@@ -186,6 +186,10 @@ def test_last_state_is_the_top_layers_final_states(bidirectional):
         ("cnn1d", ["model.kernel_size=[5,3,3]", "model.pool_size=[2,1,2]"]),
         ("cnn2d", ["model.kernel_size=[5,3,3]", "model.dilation=[1,2,1]"]),
         ("crnn", ["model.kernel_size=[5,3]", "model.pool_size=[2,1]"]),
+        (
+            "crnn",
+            ["model.dims=2", "model.channels=[8,16,16]", "model.pool_size=[2,2,1]", "model.freq_pool_size=[2,4,5]"],
+        ),
     ],
 )
 def test_per_block_lists_from_the_command_line(model, overrides):
@@ -201,5 +205,7 @@ def test_per_block_lists_from_the_command_line(model, overrides):
             assert got == expected
         if name == "model.pool_size":
             assert [block.pool_size for block in net.blocks] == expected
+        if name == "model.freq_pool_size":
+            assert [block.freq_pool_size for block in net.blocks] == expected
     x, lengths = torch.randn(2, 80, 40), torch.tensor([80, 61])
     assert net(x, lengths).shape == (2, 3)

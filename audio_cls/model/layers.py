@@ -312,12 +312,20 @@ class ConvBlock(nn.Sequential):
             padding=conv.padding if isinstance(conv.padding, str) else _first(conv.padding),
             dilation=_first(conv.dilation),
         )
-        self.pool_size = _first(pool.kernel_size) if pool is not None else 1
+        # a 2-D pool is (feature bins, frames): time is its last axis
+        pool_size = pool.kernel_size if pool is not None else 1
+        self.pool_size = pool_size[-1] if isinstance(pool_size, tuple) else pool_size
+        self.freq_pool_size = pool_size[0] if isinstance(pool_size, tuple) else pool_size
 
     @property
     def spec(self) -> dict:
         """The settings that change lengths: kernel_size, stride, padding, dilation, pool_size."""
         return {**self.conv_spec, "pool_size": self.pool_size}
+
+    def feature_bins(self, bins: int) -> int:
+        """Feature bins after the conv and the pool of a Conv2d block with `bins` bins in."""
+        conv = conv_output_length(bins, **self.conv_spec)
+        return conv if self.freq_pool_size == 1 else conv_output_length(conv, self.freq_pool_size, self.freq_pool_size)
 
     def output_lengths(self, lengths):
         """Frames after the conv and after the pool (ints or integer tensors)."""
@@ -354,11 +362,15 @@ class ConvStack(nn.Module):
         kernel_size, stride, padding, dilation, pool_size: one value for every block, or a list with one
             per block. padding: "same" (stride 1 only), "valid" (0) or an integer. pool_size: the max-pool
             (kernel = stride) after the block's activation; 1 for none.
+        freq_pool_size: dims=2 only: the max-pool over the feature axis, one value or one per block (None:
+            pool_size, a square pool). Pooling frequency harder than time keeps the frame rate a sound event
+            detector needs while the maps shrink to a few bands (the DCASE baseline CRNN's front).
         activation: of every block, by name (see ACTIVATIONS).
         norm: "batch" (masked batch norm, conv without bias) or "none" (conv with bias).
         dropout: after every block.
         dims: 1: Conv1d over time, the features as channels; 2: Conv2d over the (feat x time) image, whose
-            feature axis shrinks by the same rules as time.
+            feature axis shrinks by the same rules as time (pooled by freq_pool_size); `out_features` is
+            what is left of it.
 
     forward(x, lengths) -> (maps, lengths'):
         x: (batch, time, feat); lengths: (batch,) valid frames of each item.
@@ -385,10 +397,18 @@ class ConvStack(nn.Module):
         activation: str = "relu",
         norm: str = "batch",
         pool_size: int | list[int] = 2,
+        freq_pool_size: int | list[int] | None = None,
         dropout: float = 0.1,
         dims: int = 1,
     ):
         super().__init__()
+        if dims not in (1, 2):
+            raise ConfigError(f"model dims={dims}: expected 1 (Conv1d over time) or 2 (Conv2d over feat x time)")
+        if freq_pool_size is not None and dims == 1:
+            raise ConfigError(
+                f"model.freq_pool_size={freq_pool_size}: a Conv1d front has no feature axis to pool "
+                "(its features are channels); set it to null, or use a Conv2d front"
+            )
         if isinstance(channels, int):
             if not num_blocks:
                 raise ConfigError(f"model.channels={channels} is one width: set model.num_blocks too")
@@ -397,19 +417,19 @@ class ConvStack(nn.Module):
             raise ConfigError(f"model.num_blocks={num_blocks} but model.channels lists {len(channels)} blocks")
         if norm not in ("batch", "none"):
             raise ConfigError(f"model.norm={norm!r}: expected 'batch' or 'none'")
-        conv, batchnorm, maxpool = {
-            1: (nn.Conv1d, MaskedBatchNorm1d, nn.MaxPool1d),
-            2: (nn.Conv2d, MaskedBatchNorm2d, nn.MaxPool2d),
-        }[dims]
+        conv, batchnorm = {1: (nn.Conv1d, MaskedBatchNorm1d), 2: (nn.Conv2d, MaskedBatchNorm2d)}[dims]
         n, in_ch = len(channels), in_features if dims == 1 else 1
-        for i, (out_ch, k, s, p, d, ps) in enumerate(
+        pools = per_block(pool_size, n, "model.pool_size")
+        freq_pools = pools if freq_pool_size is None else per_block(freq_pool_size, n, "model.freq_pool_size")
+        for i, (out_ch, k, s, p, d, ps, fps) in enumerate(
             zip(
                 channels,
                 per_block(kernel_size, n, "model.kernel_size"),
                 per_block(stride, n, "model.stride"),
                 per_block(padding, n, "model.padding"),
                 per_block(dilation, n, "model.dilation"),
-                per_block(pool_size, n, "model.pool_size"),
+                pools,
+                freq_pools,
             )
         ):
             if p == "same" and s != 1:
@@ -423,19 +443,22 @@ class ConvStack(nn.Module):
                     conv(in_ch, out_ch, k, stride=s, padding=0 if p == "valid" else p, dilation=d, bias=norm == "none"),
                     batchnorm(out_ch) if norm == "batch" else None,
                     make_activation(activation),
-                    maxpool(ps) if ps > 1 else None,
+                    _pool(dims, ps, fps),
                     dropout,
                 ),
             )
             in_ch = out_ch
-        self.dims, self.out_channels = dims, in_ch
+        self.dims, self.out_channels, self.out_features = dims, in_ch, None
         if dims == 2:
-            freq = min(self.block_lengths(in_features), default=in_features)
-            if freq < 1:
+            bins = [in_features]
+            for block in self:
+                bins.append(block.feature_bins(bins[-1]))
+            if min(bins) < 1:
                 raise ConfigError(
-                    f"model: the feature axis of {in_features} bins shrinks to {freq}; "
-                    f"use fewer model.channels or smaller pool_size/stride"
+                    f"model: the feature axis of {in_features} bins shrinks to {min(bins)}; "
+                    f"use fewer model.channels or smaller pool_size/freq_pool_size/stride"
                 )
+            self.out_features = bins[-1]
 
     def __len__(self) -> int:
         return len(self._modules)
@@ -516,6 +539,15 @@ class ConvFront:
     def min_input_frames(self) -> int:
         """The fewest input frames the network accepts: one frame left after every block."""
         return self.blocks.min_input_frames()
+
+
+def _pool(dims: int, pool_size: int, freq_pool_size: int) -> nn.Module | None:
+    """The max-pool of a block (kernel = stride): over time, and for dims=2 over (feature bins, time)."""
+    if dims == 1:
+        return nn.MaxPool1d(pool_size) if pool_size > 1 else None
+    if pool_size == freq_pool_size:
+        return nn.MaxPool2d(pool_size) if pool_size > 1 else None
+    return nn.MaxPool2d((freq_pool_size, pool_size))
 
 
 def _first(value):
