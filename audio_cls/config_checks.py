@@ -20,7 +20,16 @@ from audio_cls.errors import ConfigError
 log = logging.getLogger(__name__)
 
 # Groups whose nodes are built by `_target_`: their values are checked against its signature.
-TARGET_GROUPS = ("data", "features", "model", "loss", "optimizer", "scheduler")
+TARGET_GROUPS = (
+    "data",
+    "features",
+    "model",
+    "loss",
+    "optimizer",
+    "scheduler",
+    "augment.waveform",
+    "augment.spec_augment",
+)
 POSITIVE = (
     "data.batch_size",
     "data.sample_rate",
@@ -59,7 +68,9 @@ def check_config(cfg: DictConfig) -> None:
         reason = str(err).splitlines()[0]
         raise ConfigError(f"{key}: {reason}" if key and key not in reason else reason) from None
     for group in TARGET_GROUPS:
-        node = config.get(group)
+        node = config
+        for key in group.split("."):
+            node = node.get(key) if isinstance(node, dict) else None
         if isinstance(node, dict) and "_target_" in node:
             check_types(node, group)
     check_front_end(config)
@@ -201,6 +212,8 @@ def matches(value, hint) -> bool:
         return True
     if origin in (typing.Union, types.UnionType):
         return any(matches(value, a) for a in args)
+    if hint is type(None):  # the null of an optional setting, and nothing else
+        return value is None
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:

@@ -203,3 +203,21 @@ def test_config_checks_follow_conv_settings_to_the_conv_stack():
         check_types({"_target_": "audio_cls.model.CRNN", "kernel_size": "x"}, "model")
     with pytest.raises(ConfigError, match="model.dims: audio_cls.model.CNN1d takes no such argument"):
         check_types({"_target_": "audio_cls.model.CNN1d", "dims": 2}, "model")  # CNN1d sets it itself
+
+
+@pytest.mark.parametrize(
+    "group,key,value,message",
+    [
+        ("data", "duration", "abc", "data.duration='abc': expected float or null"),
+        ("augment.waveform", "speed", True, "augment.waveform.speed=True: expected list or null"),
+        ("augment.waveform", "gain_db", [1, "x"], r"augment.waveform.gain_db=\[1, 'x'\]: expected"),
+    ],
+)
+def test_optional_settings_take_null_or_their_type_and_nothing_else(group, key, value, message):
+    """An optional setting (`float | None`) is checked against its type: null is not a wildcard."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["paths.output_dir=/tmp/unused"])
+    node = OmegaConf.to_container(OmegaConf.select(cfg, group), resolve=True)
+    check_types({**node, key: None}, group)
+    with pytest.raises(ConfigError, match=message):
+        check_types({**node, key: value}, group)

@@ -71,4 +71,3 @@ def test_swa_with_no_monitor_tests_the_average(tmp_path, fsdd_slice):
     assert proc.returncode == 0, proc.stderr[-3000:]
     evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert evaluated["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-4)
-
