@@ -49,7 +49,9 @@ class RandomSpeed(nn.Module):
     def __init__(self, sample_rate: int, factors: list[float]):
         super().__init__()
         factors = list(factors)
-        if not factors or not all(isinstance(f, (int, float)) and 0.5 <= f <= 2.0 for f in factors):
+        if not factors or not all(
+            isinstance(f, (int, float)) and not isinstance(f, bool) and 0.5 <= f <= 2.0 for f in factors
+        ):
             raise ConfigError(
                 f"augment.waveform.speed={factors}: expected a list of factors in [0.5, 2], e.g. [0.9, 1.0, 1.1]"
             )

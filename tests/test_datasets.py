@@ -703,6 +703,8 @@ def test_waveform_augmentations_do_what_they_say(tmp_path):
         assert peak(sped) == pytest.approx(peak(wave) * factor, rel=0.01)
     with pytest.raises(ConfigError, match=r"augment.waveform.speed=\[0.0, 1.0\]: expected a list of factors"):
         WaveformAugment(16000, speed=[0.0, 1.0])
+    with pytest.raises(ConfigError, match=r"augment.waveform.speed=\[True\]: expected a list of factors"):
+        WaveformAugment(16000, speed=[True])  # not a factor of 1
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="augment.waveform.noise_dir=.*empty: no audio files"):
         BackgroundNoise(str(tmp_path / "empty"), 16000)
