@@ -102,11 +102,13 @@ def run(root: str, out: Path, recipe: int, fold: int, extra: list[str]) -> dict:
     return result
 
 
-def test_last(run_dir: Path) -> float | None:
-    """Test accuracy of the run's last epoch (checkpoints/last.ckpt): the end of the schedule, against the
-    epoch that validation (~30 clips) chose."""
+def last_epoch_accuracy(run_dir: Path, result: dict) -> float | None:
+    """Test accuracy of a finished run's last epoch (checkpoints/last.ckpt): the end of the schedule, against
+    the epoch that validation (~30 clips) chose."""
     done = run_dir / "last" / "metrics.json"
-    if not done.is_file() and (run_dir / "checkpoints" / "last.ckpt").is_file():
+    if result.get("status") != "finished":
+        return None
+    if not done.is_file():
         command = [
             sys.executable,
             "-m",
@@ -126,7 +128,7 @@ def main(root: str, out: Path, recipes: list[int], folds: list[int], parallel: i
 
     def run_and_test_last(job):
         result = run(root, out, *job, extra)
-        return {**result, "last/test/acc": test_last(out / f"recipe_{job[0]}" / f"fold_{job[1]}")}
+        return {**result, "last/test/acc": last_epoch_accuracy(out / f"recipe_{job[0]}" / f"fold_{job[1]}", result)}
 
     with ThreadPoolExecutor(parallel) as pool:
         results = dict(zip(jobs, pool.map(run_and_test_last, jobs)))

@@ -102,7 +102,7 @@ def test_frequency_pooling_is_refused_where_it_cannot_apply():
         CRNN(40, 5, dims=2, channels=[8, 8], freq_pool_size=[8, 8])
     with pytest.raises(ConfigError, match="model.freq_pool_size=\\[2, 2\\]: has 2 entries for 3 blocks"):
         CRNN(40, 5, dims=2, channels=[8, 8, 8], freq_pool_size=[2, 2])
-    with pytest.raises(ConfigError, match="model dims=3"):
+    with pytest.raises(ConfigError, match="model.dims=3"):
         CRNN(40, 5, dims=3)
 
 

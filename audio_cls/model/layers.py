@@ -403,7 +403,7 @@ class ConvStack(nn.Module):
     ):
         super().__init__()
         if dims not in (1, 2):
-            raise ConfigError(f"model dims={dims}: expected 1 (Conv1d over time) or 2 (Conv2d over feat x time)")
+            raise ConfigError(f"model.dims={dims}: expected 1 (Conv1d over time) or 2 (Conv2d over feat x time)")
         if freq_pool_size is not None and dims == 1:
             raise ConfigError(
                 f"model.freq_pool_size={freq_pool_size}: a Conv1d front has no feature axis to pool "
