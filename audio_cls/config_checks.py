@@ -222,8 +222,8 @@ def matches(value, hint) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if hint is str:
         return isinstance(value, str)
-    if hint is torch.Tensor:
-        return False  # a config holds numbers and lists, never tensors
+    if hint is torch.Tensor:  # a config's list or word (loss.weight=balanced) becomes a tensor later, checked there
+        return True
     if origin in (list, tuple, Sequence) or hint in (list, tuple):
         if not isinstance(value, (list, tuple)):
             return False
@@ -237,4 +237,7 @@ def matches(value, hint) -> bool:
 def describe(hint) -> str:
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         return " or ".join(describe(a) for a in typing.get_args(hint) if a is not torch.Tensor)
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (list, tuple, Sequence) and args:
+        return f"list of {describe(args[0])}"
     return "null" if hint is type(None) else getattr(hint, "__name__", str(hint))

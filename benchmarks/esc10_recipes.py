@@ -102,9 +102,9 @@ def run(root: str, out: Path, recipe: int, fold: int, extra: list[str]) -> dict:
     return result
 
 
-def last_epoch_accuracy(run_dir: Path, result: dict) -> float | None:
+def last_epoch_accuracy(run_dir: Path, result: dict, extra: list[str]) -> float | None:
     """Test accuracy of a finished run's last epoch (checkpoints/last.ckpt): the end of the schedule, against
-    the epoch that validation (~30 clips) chose."""
+    the epoch that validation (~30 clips) chose; tested as the run was (the grid's tta.* and data.num_workers)."""
     done = run_dir / "last" / "metrics.json"
     if result.get("status") != "finished":
         return None
@@ -116,6 +116,7 @@ def last_epoch_accuracy(run_dir: Path, result: dict) -> float | None:
             f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
             "logger=none",
             f"hydra.run.dir={run_dir / 'last'}",
+            *(o for o in extra if o.startswith(("tta.", "data.num_workers="))),
         ]
         with (run_dir / "last.log").open("w") as log:
             subprocess.call(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -128,7 +129,10 @@ def main(root: str, out: Path, recipes: list[int], folds: list[int], parallel: i
 
     def run_and_test_last(job):
         result = run(root, out, *job, extra)
-        return {**result, "last/test/acc": last_epoch_accuracy(out / f"recipe_{job[0]}" / f"fold_{job[1]}", result)}
+        return {
+            **result,
+            "last/test/acc": last_epoch_accuracy(out / f"recipe_{job[0]}" / f"fold_{job[1]}", result, extra),
+        }
 
     with ThreadPoolExecutor(parallel) as pool:
         results = dict(zip(jobs, pool.map(run_and_test_last, jobs)))

@@ -9,7 +9,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from audio_cls.config_checks import check_types
+from audio_cls.config_checks import check_config, check_types
 from audio_cls.errors import ConfigError
 from audio_cls.model import CNN1d
 from audio_cls.module import AudioClassifier
@@ -209,7 +209,7 @@ def test_config_checks_follow_conv_settings_to_the_conv_stack():
     "group,key,value,message",
     [
         ("data", "duration", "abc", "data.duration='abc': expected float or null"),
-        ("augment.waveform", "speed", True, "augment.waveform.speed=True: expected list or null"),
+        ("augment.waveform", "speed", True, "augment.waveform.speed=True: expected list of float or null"),
         ("augment.waveform", "gain_db", [1, "x"], r"augment.waveform.gain_db=\[1, 'x'\]: expected"),
     ],
 )
@@ -221,3 +221,19 @@ def test_optional_settings_take_null_or_their_type_and_nothing_else(group, key, 
     check_types({**node, key: None}, group)
     with pytest.raises(ConfigError, match=message):
         check_types({**node, key: value}, group)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["loss.weight=balanced"],
+        ["loss.weight=[1,2,3,4,5,6,7,8,9,10]"],
+        ["task=multilabel", "loss.pos_weight=balanced"],
+    ],
+)
+def test_documented_class_weights_pass_the_config_check(overrides):
+    """loss.weight / loss.pos_weight are tensors to torch; in a config they are a word or a list, which
+    audio_cls.train.loss_config turns into one (and checks)."""
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["paths.output_dir=/tmp/unused", *overrides])
+    check_config(cfg)

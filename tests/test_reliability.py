@@ -180,8 +180,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(fsdd_sl
         (["optimizer.lr=-0.1"], "error: optimizer.lr=-0.1: must be positive"),
         (["data.root=???"], "error: data.root: Missing mandatory value"),
         (["+model.widht=3"], "error: model.widht: audio_cls.model.CNN1d takes no such argument"),
-        (["augment.waveform.speed=true"], "error: augment.waveform.speed=True: expected list or null"),
-        (["augment.waveform.speed=[true]"], "error: augment.waveform.speed=[True]: expected list or null"),
+        (["augment.waveform.speed=true"], "error: augment.waveform.speed=True: expected list of float or null"),
+        (["augment.waveform.speed=[true]"], "error: augment.waveform.speed=[True]: expected list of float or null"),
         (
             ["+augment.spec_augment.freq_masks=2"],
             "error: augment.spec_augment.freq_masks: audio_cls.augment.SpecAugment takes no such argument",
