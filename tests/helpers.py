@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD = REPO / "data" / "fsdd"
@@ -84,3 +85,15 @@ def write_fsd50k(root: Path, per_split: int = 6) -> Path:
             f.write(header + "\n")
             csv.writer(f).writerows(rows[part])
     return root
+
+
+def randomize_batch_norm(net: nn.Module) -> nn.Module:
+    """Random running statistics and affine parameters in every batch norm, so that none is the identity (the
+    initial ones keep zeros at zero, and a padding bug cannot show)."""
+    for layer in net.modules():
+        if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):  # MaskedBatchNorm too
+            nn.init.uniform_(layer.running_mean, -0.5, 0.5)
+            nn.init.uniform_(layer.running_var, 0.5, 2.0)
+            nn.init.uniform_(layer.weight, 0.5, 1.5)
+            nn.init.uniform_(layer.bias, -0.2, 0.2)
+    return net

@@ -10,7 +10,7 @@ from hydra.utils import instantiate
 from audio_cls.config_checks import check_config
 from audio_cls.errors import ConfigError
 from audio_cls.model.crnn import CRNN
-from helpers import REPO, run_entry
+from helpers import REPO, randomize_batch_norm, run_entry
 
 
 @pytest.mark.parametrize(
@@ -79,11 +79,7 @@ def test_conv2d_front_tracks_bands_and_frames(kwargs):
 def test_conv2d_front_padding_never_changes_an_item():
     torch.manual_seed(0)
     net = CRNN(16, 5, dims=2, channels=[8, 16], kernel_size=3, freq_pool_size=[2, 4], frame_pooling="attention")
-    for module in net.modules():  # trained-looking batch norms: the initial ones keep zeros at zero
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.running_mean.uniform_(-1, 1)
-            module.bias.data.uniform_(-1, 1)
-    net.eval()
+    randomize_batch_norm(net).eval()
     items = [torch.randn(n, 16) for n in (37, 21, 9)]
     batch = torch.nn.utils.rnn.pad_sequence(items, batch_first=True)
     batch[1, 21:] = 50.0  # garbage in the padding must not matter

@@ -36,7 +36,7 @@ from audio_cls.export import (
 from audio_cls.inference import Classifier, InferenceGraph, extract
 from audio_cls.module import AudioClassifier, frame_hop
 from audio_cls.sed import events_from_scores
-from helpers import FSDD, REPO, run_entry
+from helpers import FSDD, REPO, randomize_batch_norm, run_entry
 
 TOLERANCE = 1e-4
 # Real recordings of two speakers, none in the training slice (jackson and nicolas, recordings 0-9).
@@ -242,17 +242,6 @@ def small_classifier(model, front_end, tmp_path) -> Classifier:
     with torch.no_grad():
         head.weight *= SPREAD / (logits - logits.mean(0)).abs().max()
     return classifier
-
-
-def randomize_batch_norm(net: nn.Module) -> nn.Module:
-    """Random running statistics and affine parameters in every batch norm, so that none is the identity."""
-    for layer in net.modules():
-        if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):  # MaskedBatchNorm too
-            nn.init.uniform_(layer.running_mean, -0.5, 0.5)
-            nn.init.uniform_(layer.running_var, 0.5, 2.0)
-            nn.init.uniform_(layer.weight, 0.5, 1.5)
-            nn.init.uniform_(layer.bias, -0.2, 0.2)
-    return net
 
 
 def alone(classifier, recordings=RECORDINGS):
