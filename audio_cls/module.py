@@ -19,6 +19,7 @@ rebuilds the network and the feature extractor from the training config saved wi
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -52,6 +53,21 @@ from audio_cls.runs import log_figure, log_text
 from audio_cls.tta import average_views
 
 Spec = Mapping | Callable
+
+
+def skip_failing_nvml_check() -> None:
+    """Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 when imported, so that `torch.cuda.is_available()` asks NVML
+    and leaves CUDA uninitialized (forking stays possible). Where NVML cannot be loaded (a CUDA build of torch
+    on a machine without a GPU driver), every such call tries to load it again and then makes the check it would
+    have made without the variable: once per optimizer step (Adam checks for CUDA graph capture), 40-80 us on
+    a 2-core CPU machine. Unset it there: the same answer, without the failing attempt."""
+    count_nvml = getattr(torch.cuda, "_device_count_nvml", None)  # private: gone in some future torch, skip then
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and torch.cuda._is_compiled() and count_nvml:
+        if count_nvml() < 0:
+            del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
+
+
+skip_failing_nvml_check()  # after `import lightning` above
 
 
 def build(spec: Spec, *args, **kwargs):

@@ -28,28 +28,68 @@ class EpochTimer(L.Callback):
         self.times.append(time.perf_counter() - self.start)
 
 
-def build(placement: str, num_workers: int, *overrides: str):
+class MeanLinear(torch.nn.Module):
+    """A network that costs next to nothing (a Linear on the mean frame): a step's time is then the loop's own."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.linear = torch.nn.Linear(in_features, num_classes)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.mean(1))
+
+
+def build(placement: str, num_workers: int, *overrides: str, cost_free: bool = False):
+    """(config, set-up datamodule, network): the default network, or MeanLinear when `cost_free`."""
     cfg = default_config(f"data.placement={placement}", f"data.num_workers={num_workers}", *overrides)
     L.seed_everything(0)
     features = instantiate(cfg.features)
     dm = instantiate(cfg.data, features=features)
     dm.setup("fit")
+    if cost_free:
+        return cfg, dm, MeanLinear(features.num_features, dm.num_classes)
     net = instantiate(cfg.model, in_features=features.num_features, num_classes=dm.num_classes)
     return cfg, dm, net
 
 
-def lightning_epochs(placement: str, num_workers: int, epochs: int, *overrides: str, callbacks=()) -> list[float]:
-    cfg, dm, net = build(placement, num_workers, *overrides)
-    module = AudioClassifier(net, dm.features, dm.class_names, optimizer=dict(cfg.optimizer))
+class PlainStep(L.LightningModule):
+    """The plain loop's step inside Lightning, nothing else: what Lightning's loop costs by itself."""
+
+    def __init__(self, net: torch.nn.Module, lr: float):
+        super().__init__()
+        self.net, self.lr = net, lr
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(self.net(batch["inputs"], batch["lengths"]), batch["targets"])
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+def lightning_epochs(
+    placement: str,
+    num_workers: int,
+    epochs: int,
+    *overrides: str,
+    callbacks=(),
+    floor: bool = False,
+    cost_free: bool = False,
+) -> list[float]:
+    """Epoch times of AudioClassifier under a Lightning Trainer; `floor`: of PlainStep instead."""
+    cfg, dm, net = build(placement, num_workers, *overrides, cost_free=cost_free)
+    if floor:
+        module = PlainStep(net, cfg.optimizer.lr)
+    else:
+        module = AudioClassifier(net, dm.features, dm.class_names, optimizer=dict(cfg.optimizer))
     timer = EpochTimer()
     trainer = bare_trainer(epochs, [timer, *callbacks], limit_val_batches=0, num_sanity_val_steps=0)
     trainer.fit(module, datamodule=dm)  # the datamodule extracts batches' features for placement=device
     return timer.times
 
 
-def plain_epochs(epochs: int, compiled: bool = False, *overrides: str) -> list[float]:
+def plain_epochs(epochs: int, compiled: bool = False, *overrides: str, cost_free: bool = False) -> list[float]:
     """Epoch times of a plain PyTorch loop on the cached batches; `compiled`: torch.compile the network first."""
-    cfg, dm, net = build("cache", 0, *overrides)
+    cfg, dm, net = build("cache", 0, *overrides, cost_free=cost_free)
     net.to(DEVICE)
     if compiled:
         net.compile(dynamic=True)  # in place: the state_dict keeps its keys, checkpoints stay loadable
@@ -70,18 +110,45 @@ def plain_epochs(epochs: int, compiled: bool = False, *overrides: str) -> list[f
     return times
 
 
+def alternate(epochs: int, rounds: int, cost_free: bool = False) -> tuple[list, list, list, list, list]:
+    """Plain loop, Lightning floor and ours alternate, `rounds` times, so that a slow spell of a shared machine
+    hits all alike; each run's first epoch (start-up, allocator warm-up) is left out, the rest pooled.
+    Returns the epoch times of each and the per-round ratios ours / plain and floor / plain."""
+    plain, floor, ours, ratios, floor_ratios = [], [], [], [], []
+    for _ in range(rounds):
+        p = plain_epochs(epochs, cost_free=cost_free)[1:]
+        f = lightning_epochs("cache", 0, epochs, floor=True, cost_free=cost_free)[1:]
+        o = lightning_epochs("cache", 0, epochs, cost_free=cost_free)[1:]
+        plain, floor, ours = plain + p, floor + f, ours + o
+        ratios.append(statistics.median(o) / statistics.median(p))
+        floor_ratios.append(statistics.median(f) / statistics.median(p))
+    return plain, floor, ours, ratios, floor_ratios
+
+
+def overhead_per_step(rounds: int, epochs: int = 20) -> str:
+    """Milliseconds per step with MeanLinear: the time of the loops themselves, which epoch times of a real
+    network (that vary by 10-15% from run to run on a shared machine) cannot resolve to a few percent."""
+    steps = len(build("cache", 0)[1].train_dataloader())
+    plain, floor, ours, _, _ = alternate(epochs, rounds, cost_free=True)
+    base = statistics.median(plain) * 1000 / steps
+    rows = []
+    for name, times in (("plain PyTorch loop", plain), ("Lightning floor", floor), ("ours", ours)):
+        ms = statistics.median(times) * 1000 / steps
+        rows.append([name, f"{ms:.3f}", f"{ms - base:+.3f}"])
+    return print_table(
+        f"Per-step time with a network that costs nothing (a Linear on the mean frame), cached batches of 64; "
+        f"median of epochs 2-{epochs}, {rounds} alternating rounds; {machine()}",
+        ["loop", "ms per step", "over the plain loop (ms)"],
+        rows,
+    )
+
+
 def main(epochs: int, rounds: int) -> str:
     samples = len(build("cache", 0)[1].splits["train"])
-    # Plain loop and ours alternate, `rounds` times, so that a slow spell of a shared machine hits both alike;
-    # each run's first epoch (start-up, allocator warm-up) is left out, the rest pooled per pipeline.
-    plain, ours, ratios = [], [], []
-    for _ in range(rounds):
-        p, o = plain_epochs(epochs)[1:], lightning_epochs("cache", 0, epochs)[1:]
-        plain += p
-        ours += o
-        ratios.append(statistics.median(o) / statistics.median(p))
+    plain, floor, ours, ratios, floor_ratios = alternate(epochs, rounds)
     runs = {
         "plain PyTorch loop, cached features in memory": plain,
+        "Lightning floor: the plain loop's step as a LightningModule": floor,
         "ours: Lightning + AudioClassifier, placement=cache": ours,
         "ours: placement=worker (2 DataLoader workers)": lightning_epochs("worker", 2, epochs)[1:],
         "ours: placement=device (2 workers read audio, batched extraction)": lightning_epochs("device", 2, epochs)[1:],
@@ -102,10 +169,11 @@ def main(epochs: int, rounds: int) -> str:
     )
     line = (
         f"ours (placement=cache) / plain loop, per round: {', '.join(f'{r:.3f}' for r in ratios)}; "
-        f"median {statistics.median(ratios):.3f} (goal <= 1.03)"
+        f"median {statistics.median(ratios):.3f} (goal <= 1.03); Lightning floor / plain loop: "
+        f"{', '.join(f'{r:.3f}' for r in floor_ratios)}; median {statistics.median(floor_ratios):.3f}"
     )
     print(line)
-    return table + "\n" + line + "\n"
+    return table + "\n" + line + "\n" + overhead_per_step(2 * rounds)
 
 
 if __name__ == "__main__":

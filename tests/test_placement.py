@@ -3,6 +3,8 @@ invalidated; multi-process (DDP on CPU) and bf16 mixed precision runs write one 
 
 import json
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -225,3 +227,35 @@ def test_processes_filling_the_cache_at_once_do_not_collide(fsdd_slice, tmp_path
     files = [p for p in tmp_path.iterdir() if p.name != "index"]  # index/: the file index of _check_splits
     assert len(files) == 1 and files[0].suffix == ".pt"
     assert len(torch.load(files[0], weights_only=True)["frames"]) == len(dm.splits["val"])
+
+
+@pytest.mark.parametrize("nvml_devices, kept", [(-1, False), (0, True), (2, True)])
+def test_the_nvml_cuda_check_is_skipped_only_where_nvml_cannot_load(monkeypatch, nvml_devices, kept):
+    """Lightning asks `torch.cuda.is_available()` to go through NVML; where NVML fails to load that is a failing
+    library load per optimizer step before the same check without it. Where NVML answers, the check that keeps
+    forking safe stays."""
+    import lightning  # noqa: F401  (sets the variable)
+
+    from audio_cls.module import skip_failing_nvml_check
+
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    monkeypatch.setattr(torch.cuda, "_is_compiled", lambda: True)
+    monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: nvml_devices)
+    skip_failing_nvml_check()
+    assert (os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1") is kept
+
+
+def test_importing_the_module_leaves_no_failing_nvml_check_on_this_machine():
+    """On a machine without a GPU driver (CI), training code imported as users import it checks CUDA without
+    trying to load NVML at every optimizer step."""
+    code = (
+        "import os, torch, audio_cls.module; "
+        "fails = torch.cuda._is_compiled() and torch.cuda._device_count_nvml() < 0; "
+        "print(fails, os.environ.get('PYTORCH_NVML_BASED_CUDA_CHECK'))"
+    )
+    fails, value = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    if fails != "True":
+        pytest.skip("NVML loads on this machine: the check is kept, as the test above shows")
+    assert value == "None"
