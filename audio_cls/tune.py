@@ -8,6 +8,8 @@
 
 Both tools leave the weights as they found them (Lightning restores them), and neither is a search: the range
 test suggests the learning rate where the loss falls fastest, a starting point to confirm with a short sweep.
+Both train as the run starts (`as_the_run_starts`): with the `transfer` settings' backbone frozen or at its
+fraction of the rate.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import csv
 import json
 import logging
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -24,9 +28,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.tuner import Tuner
 from omegaconf import DictConfig, open_dict
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from audio_cls import CONF_DIR
 from audio_cls.errors import ConfigError
+from audio_cls.model.layers import backbone
 from audio_cls.runs import run_task, write_json
 from audio_cls.train import build_run, train
 
@@ -53,48 +59,49 @@ def tune(cfg: DictConfig) -> dict:
     datamodule, module, _ = build_run(cfg)
     tuner = Tuner(trainer)
     suggested: dict = {}
-    if scale:
-        size = tuner.scale_batch_size(
-            module,
-            datamodule=datamodule,
-            mode=settings.batch_size_mode,
-            steps_per_trial=settings.steps_per_trial,
-            init_val=datamodule.batch_size,
-            max_val=settings.max_batch_size,
-        )
-        suggested["data.batch_size"] = int(size)
-        log.info("Batch-size scaler: data.batch_size=%d (from %d)", size, cfg.data.batch_size)
+    with as_the_run_starts(module, cfg.transfer):
+        if scale:
+            size = tuner.scale_batch_size(
+                module,
+                datamodule=datamodule,
+                mode=settings.batch_size_mode,
+                steps_per_trial=settings.steps_per_trial,
+                init_val=datamodule.batch_size,
+                max_val=settings.max_batch_size,
+            )
+            suggested["data.batch_size"] = int(size)
+            log.info("Batch-size scaler: data.batch_size=%d (from %d)", size, cfg.data.batch_size)
 
-    if settings.lr_find:
-        finder = tuner.lr_find(
-            module,
-            datamodule=datamodule,
-            min_lr=settings.min_lr,
-            max_lr=settings.max_lr,
-            num_training=settings.num_training,
-            mode=settings.lr_mode,
-            early_stop_threshold=settings.early_stop_threshold,
-            update_attr=False,  # our optimizer's rate is optimizer.lr in the config: tune.json and tune.apply set it
-        )
-        if finder is None:
-            raise ConfigError("tune.lr_find: Lightning's range test ran no steps (trainer.fast_dev_run?)")
-        lr = suggest_lr(finder.results["lr"], finder.results["loss"], settings.lr_mode)
-        write_range_test(output_dir, finder.results)
-        plot_range_test(finder.results, lr).savefig(output_dir / "lr_find.png", dpi=120, bbox_inches="tight")
-        if lr is None:
-            log.warning(
-                "lr_find: no suggestion: %d steps ran (fewer than 12, or no finite loss); see %s",
-                len(finder.results["lr"]),
-                output_dir / "lr_find.csv",
+        if settings.lr_find:
+            finder = tuner.lr_find(
+                module,
+                datamodule=datamodule,
+                min_lr=settings.min_lr,
+                max_lr=settings.max_lr,
+                num_training=settings.num_training,
+                mode=settings.lr_mode,
+                early_stop_threshold=settings.early_stop_threshold,
+                update_attr=False,  # the rate is optimizer.lr in the config: tune.json and tune.apply set it
             )
-        else:
-            suggested["optimizer.lr"] = float(lr)
-            log.info(
-                "Learning-rate range test: optimizer.lr=%.3g (was %g); plot in %s",
-                lr,
-                cfg.optimizer.lr,
-                output_dir / "lr_find.png",
-            )
+            if finder is None:
+                raise ConfigError("tune.lr_find: Lightning's range test ran no steps (trainer.fast_dev_run?)")
+            lr = suggest_lr(finder.results["lr"], finder.results["loss"], settings.lr_mode)
+            write_range_test(output_dir, finder.results)
+            plot_range_test(finder.results, lr).savefig(output_dir / "lr_find.png", dpi=120, bbox_inches="tight")
+            if lr is None:
+                log.warning(
+                    "lr_find: no suggestion: %d steps ran (fewer than 12, or no finite loss); see %s",
+                    len(finder.results["lr"]),
+                    output_dir / "lr_find.csv",
+                )
+            else:
+                suggested["optimizer.lr"] = float(lr)
+                log.info(
+                    "Learning-rate range test: optimizer.lr=%.3g (was %g); plot in %s",
+                    lr,
+                    cfg.optimizer.lr,
+                    output_dir / "lr_find.png",
+                )
 
     overrides = [
         f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in suggested.items()
@@ -144,6 +151,37 @@ def check_settings(cfg: DictConfig) -> None:
         raise ConfigError("tune.lr_find=false and tune.batch_size=false: nothing to tune")
     if cfg.trainer.get("devices", 1) not in (1, "1") or cfg.trainer.get("num_nodes", 1) != 1:
         raise ConfigError("tune: Lightning's tuner runs on one device; use trainer.devices=1 (then train with DDP)")
+
+
+@contextmanager
+def as_the_run_starts(module: torch.nn.Module, settings: DictConfig) -> Iterator[None]:
+    """What the `transfer` settings do to the network as its training starts, for the tuner's short fits.
+    Lightning's tuners replace the trainer's callbacks while they run (FreezeBackbone among them), and its range
+    test sets every parameter group to the rate it sweeps: it would train a backbone the run keeps frozen, and
+    one the run slows down at the head's rate. Inside, the backbone is frozen (transfer.linear_probe,
+    transfer.freeze_epochs) and put back at transfer.backbone_lr_scale times the head's rate before every
+    optimizer step (a global optimizer hook, removed on the way out, as the frozen parameters are thawed)."""
+    frozen, hooks = [], []
+    if settings.linear_probe or settings.freeze_epochs:
+        frozen = [p for m in backbone(module.net) for p in m.parameters() if p.requires_grad]
+    if settings.backbone_lr_scale != 1:
+        slower = {id(p) for m in backbone(module.net) for p in m.parameters()}
+
+        def backbone_at_its_scale(optimizer, args, kwargs) -> None:
+            groups = optimizer.param_groups  # configure_optimizers: the head (and the rest), then the backbone
+            if len(groups) == 2 and groups[1]["params"] and id(groups[1]["params"][0]) in slower:
+                groups[1]["lr"] = groups[0]["lr"] * settings.backbone_lr_scale
+
+        hooks.append(register_optimizer_step_pre_hook(backbone_at_its_scale))
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def suggest_lr(lrs: list[float], losses: list[float], mode: str, skip_begin: int = 10, skip_end: int = 1):

@@ -8,10 +8,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from audio_cls import CONF_DIR
 from audio_cls.errors import ConfigError
-from audio_cls.tune import check_settings, suggest_lr
+from audio_cls.tune import check_settings, suggest_lr, tune
 from helpers import run_entry
 
 
@@ -88,3 +89,36 @@ def test_tune_scales_the_batch_finds_a_rate_and_trains_with_them(tmp_path, fsdd_
     config = torch.load(metrics["best_checkpoint"], map_location="cpu", weights_only=True)["hyper_parameters"]["config"]
     assert config["data"]["batch_size"] == 64 and config["optimizer"]["lr"] == pytest.approx(suggested["optimizer.lr"])
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "finished"
+
+
+@pytest.mark.parametrize("freeze_epochs, backbone_trains", [(0, True), (1, False)])
+def test_the_range_test_trains_as_the_transfer_settings_say(tmp_path, fsdd_slice, freeze_epochs, backbone_trains):
+    """Lightning's tuners drop the trainer's callbacks (FreezeBackbone) and its range test sets every parameter
+    group to the rate it sweeps: the tuner trained a backbone the run keeps frozen, at the head's rate. Now the
+    backbone stays frozen for transfer.freeze_epochs, and at transfer.backbone_lr_scale times the head's rate."""
+    cfg = tune_config(
+        tmp_path,
+        f"data.root={fsdd_slice}",
+        "transfer.backbone_lr_scale=0.1",
+        f"transfer.freeze_epochs={freeze_epochs}",
+        "tune.num_training=12",
+        "tune.min_lr=1e-5",
+        "tune.max_lr=1",
+    )
+    seen = []
+
+    def record(optimizer, args, kwargs):  # the rates each step used (the range test's scheduler steps after it)
+        if len(optimizer.param_groups) == 2:  # AudioClassifier's: head, backbone (not the temperature's LBFGS)
+            trainable = {p.requires_grad for p in optimizer.param_groups[1]["params"]}
+            seen.append(([group["lr"] for group in optimizer.param_groups], trainable))
+
+    hook = register_optimizer_step_post_hook(record)
+    try:
+        tune(cfg)
+    finally:
+        hook.remove()
+    assert len(seen) >= 10
+    head, slower = np.array([rates for rates, _ in seen]).T
+    assert head[-1] > 1000 * head[0]  # the sweep
+    np.testing.assert_allclose(slower, 0.1 * head)
+    assert all(trainable == {backbone_trains} for _, trainable in seen)
