@@ -181,7 +181,7 @@ def compare_groups(a: dict[str, Predictions], b: dict[str, Predictions], metric:
     per-pair metric, its confidence interval, and Wilcoxon's signed-rank test."""
     from scipy import stats
 
-    names = sorted(a.keys() & b.keys(), key=_natural)
+    names = sorted(a.keys() & b.keys(), key=natural_order)
     if len(names) < 2:
         raise DataError(
             f"the two groups have {len(names)} run name(s) in common ({', '.join(sorted(a))} / "
@@ -275,7 +275,9 @@ def compare(path_a: Path, path_b: Path, metric: str | None = None, confidence: f
     return verdict(result, metric, (str(path_a), str(path_b)), confidence)
 
 
-def _natural(name: str):
+def natural_order(name: str) -> list:
+    """Sort key of run and job folder names with their numbers read as numbers: 2 before 10, fold_2 before
+    fold_10 (a multirun's job folders are plain numbers)."""
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 

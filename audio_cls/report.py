@@ -26,7 +26,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from audio_cls.compare import PREDICTIONS, compare_runs, read_predictions
+from audio_cls.compare import PREDICTIONS, compare_runs, natural_order, read_predictions
 from audio_cls.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -84,16 +84,12 @@ def optimized_metric(config: dict) -> str:
 def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     jobs = [
         read_job(d)
-        for d in sorted(Path(sweep_dir).iterdir(), key=_job_order)
+        for d in sorted(Path(sweep_dir).iterdir(), key=lambda d: natural_order(d.name))
         if (d / ".hydra" / "overrides.yaml").is_file()
     ]
     if not jobs:
         raise FileNotFoundError(f"{sweep_dir}: no job directories (with .hydra/overrides.yaml) in it")
     return jobs
-
-
-def _job_order(path: Path):
-    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
 
 
 def _number(value) -> float:
