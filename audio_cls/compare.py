@@ -275,10 +275,11 @@ def compare(path_a: Path, path_b: Path, metric: str | None = None, confidence: f
     return verdict(result, metric, (str(path_a), str(path_b)), confidence)
 
 
-def natural_order(name: str) -> list:
+def natural_order(name: str) -> tuple[list, str]:
     """Sort key of run and job folder names with their numbers read as numbers: 2 before 10, fold_2 before
-    fold_10 (a multirun's job folders are plain numbers)."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+    fold_10 (a multirun's job folders are plain numbers); names that read alike (run_1, run_01) by name."""
+    parts = re.split(r"(\d+)", name)  # text, digits, text, ...: digit runs at the odd places
+    return [int(t) if i % 2 else t for i, t in enumerate(parts)], name
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -48,7 +48,7 @@ from torchmetrics.functional.classification import (
 from audio_cls.augment import mixup
 from audio_cls.errors import ConfigError, TrainingDiverged
 from audio_cls.features import FeatureExtractor, frame_mask
-from audio_cls.model.layers import backbone, has_frame_head
+from audio_cls.model.layers import backbone_parameters, has_frame_head
 from audio_cls.runs import log_figure, log_text
 from audio_cls.tta import average_views
 
@@ -60,11 +60,15 @@ def skip_failing_nvml_check() -> None:
     and leaves CUDA uninitialized (forking stays possible). Where NVML cannot be loaded (a CUDA build of torch
     on a machine without a GPU driver), every such call tries to load it again and then makes the check it would
     have made without the variable: once per optimizer step (Adam checks for CUDA graph capture), 40-80 us on
-    a 2-core CPU machine. Unset it there: the same answer, without the failing attempt."""
-    count_nvml = getattr(torch.cuda, "_device_count_nvml", None)  # private: gone in some future torch, skip then
-    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1" and torch.cuda._is_compiled() and count_nvml:
-        if count_nvml() < 0:
-            del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
+    a 2-core CPU machine. Unset it there: the same answer, without the failing attempt. Not on ROCm, where
+    torch asks amdsmi instead and the variable keeps forking safe."""
+    # private torch functions: if a future torch drops them, keep Lightning's setting
+    is_compiled = getattr(torch.cuda, "_is_compiled", None)
+    count_nvml = getattr(torch.cuda, "_device_count_nvml", None)
+    if os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") != "1" or torch.version.hip or not (is_compiled and count_nvml):
+        return
+    if is_compiled() and count_nvml() < 0:
+        del os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"]
 
 
 skip_failing_nvml_check()  # after `import lightning` above
@@ -598,7 +602,7 @@ class AudioClassifier(L.LightningModule):
         if scale == 1:
             optimizer = build(spec, params=self.parameters())
         else:  # the head (and anything outside the network) at the optimizer's rate, the backbone at `scale` times it
-            slower = [p for module in backbone(self.net) for p in module.parameters()]
+            slower = backbone_parameters(self.net)
             ids = {id(p) for p in slower}
             optimizer = build(spec, params=[p for p in self.parameters() if id(p) not in ids])
             optimizer.add_param_group({"params": slower, "lr": optimizer.param_groups[0]["lr"] * scale})

@@ -108,6 +108,24 @@ def callbacks(cfg: DictConfig) -> list:
     return [FreezeBackbone(settings.freeze_epochs)] if settings.freeze_epochs else []
 
 
+def freeze_backbone(net: nn.Module) -> list[nn.Module]:
+    """Freeze `net`'s backbone (`audio_cls.model.layers.backbone`) as linear probing trains it: its parameters
+    (requires_grad=False, so the optimizer skips them) and its batch-norm statistics (eval mode, which also
+    switches its dropout off). Returns the backbone's modules (`thaw_backbone` undoes it)."""
+    modules = backbone(net)
+    BaseFinetuning.freeze(modules, train_bn=False)
+    for module in modules:
+        module.eval()
+    return modules
+
+
+def thaw_backbone(modules: list[nn.Module]) -> None:
+    """Train the modules `freeze_backbone` froze again, in train mode."""
+    BaseFinetuning.make_trainable(modules)
+    for module in modules:
+        module.train()
+
+
 class FreezeBackbone(BaseFinetuning):
     """Freezes the network's backbone (`audio_cls.model.layers.backbone`: every child of `pl_module.net` but its
     `head`) for the first `epochs` epochs, or throughout when `epochs` is None (linear probing): its parameters
@@ -135,7 +153,7 @@ class FreezeBackbone(BaseFinetuning):
         super().setup(trainer, pl_module, stage)
 
     def freeze_before_training(self, pl_module) -> None:
-        self.freeze(backbone(pl_module.net), train_bn=False)
+        freeze_backbone(pl_module.net)
 
     def finetune_function(self, pl_module, epoch: int, optimizer) -> None:
         """At the start of every training epoch (after Lightning's own start-up, which leaves modes alone)."""
@@ -144,9 +162,7 @@ class FreezeBackbone(BaseFinetuning):
             for module in modules:
                 module.eval()  # validation restores each module's mode as it found it
         elif not all(p.requires_grad for module in modules for p in module.parameters()):
-            self.make_trainable(modules)
-            for module in modules:
-                module.train()
+            thaw_backbone(modules)
             log.info("Epoch %d: the backbone is trained from now on (transfer.freeze_epochs=%d)", epoch, self.epochs)
 
 

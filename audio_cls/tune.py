@@ -8,8 +8,8 @@
 
 Both tools leave the weights as they found them (Lightning restores them), and neither is a search: the range
 test suggests the learning rate where the loss falls fastest, a starting point to confirm with a short sweep.
-Both train as the run starts (`as_the_run_starts`): with the `transfer` settings' backbone frozen or at its
-fraction of the rate.
+Both train the network as the `transfer` settings train it (`as_the_run_starts`): a linear probe's backbone
+frozen, a slowed-down backbone at its fraction of the rate.
 """
 
 from __future__ import annotations
@@ -32,9 +32,11 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from audio_cls import CONF_DIR
 from audio_cls.errors import ConfigError
-from audio_cls.model.layers import backbone
+from audio_cls.model.layers import backbone_parameters
+from audio_cls.module import AudioClassifier
 from audio_cls.runs import run_task, write_json
 from audio_cls.train import build_run, train
+from audio_cls.transfer import freeze_backbone, thaw_backbone
 
 log = logging.getLogger(__name__)
 
@@ -154,18 +156,19 @@ def check_settings(cfg: DictConfig) -> None:
 
 
 @contextmanager
-def as_the_run_starts(module: torch.nn.Module, settings: DictConfig) -> Iterator[None]:
-    """What the `transfer` settings do to the network as its training starts, for the tuner's short fits.
-    Lightning's tuners replace the trainer's callbacks while they run (FreezeBackbone among them), and its range
-    test sets every parameter group to the rate it sweeps: it would train a backbone the run keeps frozen, and
-    one the run slows down at the head's rate. Inside, the backbone is frozen (transfer.linear_probe,
-    transfer.freeze_epochs) and put back at transfer.backbone_lr_scale times the head's rate before every
-    optimizer step (a global optimizer hook, removed on the way out, as the frozen parameters are thawed)."""
+def as_the_run_starts(module: AudioClassifier, settings: DictConfig) -> Iterator[None]:
+    """The network as the `transfer` settings train it for most of the run, for the tuner's short fits. The
+    tuner's trainer has no callbacks (FreezeBackbone is one; Lightning's tuners would replace them anyway), and
+    Lightning's range test sets every parameter group to the rate it sweeps. Inside: the backbone frozen as
+    `transfer.linear_probe` freezes it, or kept at `transfer.backbone_lr_scale` times the head's rate before every
+    optimizer step (a global optimizer hook, removed on the way out, as the backbone is thawed). Under
+    `transfer.freeze_epochs` the backbone is left trainable: the run trains it for all but its first epochs, and a
+    batch size found with it frozen would run out of memory when it thaws."""
     frozen, hooks = [], []
-    if settings.linear_probe or settings.freeze_epochs:
-        frozen = [p for m in backbone(module.net) for p in m.parameters() if p.requires_grad]
+    if settings.linear_probe:
+        frozen = freeze_backbone(module.net)
     if settings.backbone_lr_scale != 1:
-        slower = {id(p) for m in backbone(module.net) for p in m.parameters()}
+        slower = {id(p) for p in backbone_parameters(module.net)}
 
         def backbone_at_its_scale(optimizer, args, kwargs) -> None:
             groups = optimizer.param_groups  # configure_optimizers: the head (and the rest), then the backbone
@@ -173,15 +176,13 @@ def as_the_run_starts(module: torch.nn.Module, settings: DictConfig) -> Iterator
                 groups[1]["lr"] = groups[0]["lr"] * settings.backbone_lr_scale
 
         hooks.append(register_optimizer_step_pre_hook(backbone_at_its_scale))
-    for p in frozen:
-        p.requires_grad_(False)
     try:
         yield
     finally:
         for hook in hooks:
             hook.remove()
-        for p in frozen:
-            p.requires_grad_(True)
+        if frozen:
+            thaw_backbone(frozen)
 
 
 def suggest_lr(lrs: list[float], losses: list[float], mode: str, skip_begin: int = 10, skip_end: int = 1):

@@ -163,7 +163,7 @@ def main(epochs: int, rounds: int) -> str:
     ]
     table = print_table(
         f"Training epoch on FSDD ({samples} clips, default CNN1d, batch 64; median of epochs 2-{epochs}, "
-        f"{rounds} alternating rounds of plain and ours; {machine()})",
+        f"{rounds} alternating rounds of plain, floor and ours; {machine()})",
         ["pipeline", "epoch (s)", "samples/s", "time / plain loop", "time / cache"],
         rows,
     )

@@ -4,7 +4,7 @@ Wilcoxon across seeds or folds), on runs written as training writes them (test_p
 import numpy as np
 import pytest
 
-from audio_cls.compare import compare, main, write_predictions
+from audio_cls.compare import compare, main, natural_order, write_predictions
 from audio_cls.data.base import Item, multilabel_item
 from audio_cls.errors import DataError
 
@@ -96,3 +96,12 @@ def test_the_command_line_gives_a_one_line_error(tmp_path, capsys):
     assert stop.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no test_predictions.csv" in err
+
+
+def test_run_and_job_folders_sort_with_their_numbers_as_numbers():
+    """Seeds, folds and a multirun's job folders in their numeric order; names that read alike, and names with
+    digits `int` cannot read, in a fixed order whatever the filesystem lists first."""
+    names = ["10", "multirun.yaml", "2", ".submitit", "fold_10", "fold_2", "run_1", "run_01", "x²", "1"]
+    expected = ["1", "2", "10", ".submitit", "fold_2", "fold_10", "multirun.yaml", "run_01", "run_1", "x²"]
+    assert sorted(names, key=natural_order) == expected
+    assert sorted(reversed(names), key=natural_order) == expected

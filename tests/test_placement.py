@@ -229,18 +229,19 @@ def test_processes_filling_the_cache_at_once_do_not_collide(fsdd_slice, tmp_path
     assert len(torch.load(files[0], weights_only=True)["frames"]) == len(dm.splits["val"])
 
 
-@pytest.mark.parametrize("nvml_devices, kept", [(-1, False), (0, True), (2, True)])
-def test_the_nvml_cuda_check_is_skipped_only_where_nvml_cannot_load(monkeypatch, nvml_devices, kept):
+@pytest.mark.parametrize(
+    "nvml_devices, rocm, kept", [(-1, False, False), (0, False, True), (2, False, True), (-1, True, True)]
+)
+def test_the_nvml_cuda_check_is_skipped_only_where_nvml_cannot_load(monkeypatch, nvml_devices, rocm, kept):
     """Lightning asks `torch.cuda.is_available()` to go through NVML; where NVML fails to load that is a failing
-    library load per optimizer step before the same check without it. Where NVML answers, the check that keeps
-    forking safe stays."""
-    import lightning  # noqa: F401  (sets the variable)
-
+    library load per optimizer step before the same check without it. Where NVML answers, or on ROCm (where torch
+    asks amdsmi, not NVML), the check that keeps forking safe stays."""
     from audio_cls.module import skip_failing_nvml_check
 
     monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     monkeypatch.setattr(torch.cuda, "_is_compiled", lambda: True)
     monkeypatch.setattr(torch.cuda, "_device_count_nvml", lambda: nvml_devices)
+    monkeypatch.setattr(torch.version, "hip", "6.2" if rocm else None)
     skip_failing_nvml_check()
     assert (os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK") == "1") is kept
 

@@ -10,8 +10,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+import audio_cls.tune
 from audio_cls import CONF_DIR
 from audio_cls.errors import ConfigError
+from audio_cls.model.layers import backbone
+from audio_cls.train import build_run
 from audio_cls.tune import check_settings, suggest_lr, tune
 from helpers import run_entry
 
@@ -91,34 +94,59 @@ def test_tune_scales_the_batch_finds_a_rate_and_trains_with_them(tmp_path, fsdd_
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "finished"
 
 
-@pytest.mark.parametrize("freeze_epochs, backbone_trains", [(0, True), (1, False)])
-def test_the_range_test_trains_as_the_transfer_settings_say(tmp_path, fsdd_slice, freeze_epochs, backbone_trains):
-    """Lightning's tuners drop the trainer's callbacks (FreezeBackbone) and its range test sets every parameter
-    group to the rate it sweeps: the tuner trained a backbone the run keeps frozen, at the head's rate. Now the
-    backbone stays frozen for transfer.freeze_epochs, and at transfer.backbone_lr_scale times the head's rate."""
+@pytest.mark.parametrize(
+    "transfer, slower, backbone_trains",
+    [
+        (["transfer.backbone_lr_scale=0.1", "transfer.freeze_epochs=1"], 0.1, True),
+        (["transfer.linear_probe=true"], None, False),
+    ],
+)
+def test_the_tuner_trains_the_network_as_the_transfer_settings_do(
+    tmp_path, fsdd_slice, monkeypatch, transfer, slower, backbone_trains
+):
+    """The tuner's trainer has no callbacks (FreezeBackbone) and Lightning's range test sets every parameter group
+    to the rate it sweeps: the tuner trained a linear probe's frozen backbone, and a slowed-down backbone at the
+    head's rate. Now the first is frozen (parameters and batch norm, as the run freezes it) and the second kept
+    at its scale of the swept rate; with freeze_epochs the backbone trains, as in all but the run's first epochs.
+    Afterwards the network is as it was."""
     cfg = tune_config(
         tmp_path,
         f"data.root={fsdd_slice}",
-        "transfer.backbone_lr_scale=0.1",
-        f"transfer.freeze_epochs={freeze_epochs}",
+        *transfer,
         "tune.num_training=12",
         "tune.min_lr=1e-5",
         "tune.max_lr=1",
+        "tune.early_stop_threshold=null",  # every step runs, whatever the loss does at the largest rates
     )
+    built = {}
+
+    def build_and_keep(cfg):
+        built["run"] = build_run(cfg)
+        return built["run"]
+
+    monkeypatch.setattr(audio_cls.tune, "build_run", build_and_keep)
     seen = []
 
     def record(optimizer, args, kwargs):  # the rates each step used (the range test's scheduler steps after it)
-        if len(optimizer.param_groups) == 2:  # AudioClassifier's: head, backbone (not the temperature's LBFGS)
-            trainable = {p.requires_grad for p in optimizer.param_groups[1]["params"]}
-            seen.append(([group["lr"] for group in optimizer.param_groups], trainable))
+        modules = backbone(built["run"][1].net)
+        if any(p is optimizer.param_groups[0]["params"][0] for p in built["run"][1].parameters()):  # not LBFGS's
+            trainable = {p.requires_grad for m in modules for p in m.parameters()}
+            training = {sub.training for m in modules for sub in m.modules()}
+            seen.append(([group["lr"] for group in optimizer.param_groups], trainable, training))
 
     hook = register_optimizer_step_post_hook(record)
     try:
         tune(cfg)
     finally:
         hook.remove()
-    assert len(seen) >= 10
-    head, slower = np.array([rates for rates, _ in seen]).T
-    assert head[-1] > 1000 * head[0]  # the sweep
-    np.testing.assert_allclose(slower, 0.1 * head)
-    assert all(trainable == {backbone_trains} for _, trainable in seen)
+    assert len(seen) == 12
+    rates = np.array([rates for rates, _, _ in seen])
+    assert rates[-1, 0] > 1000 * rates[0, 0]  # the sweep
+    if slower is not None:
+        np.testing.assert_allclose(rates[:, 1], slower * rates[:, 0])
+    else:
+        assert rates.shape[1] == 1
+    assert all(trainable == {backbone_trains} and training == {backbone_trains} for _, trainable, training in seen)
+    modules = backbone(built["run"][1].net)
+    assert all(p.requires_grad for m in modules for p in m.parameters())
+    assert all(m.training for m in built["run"][1].net.modules())

@@ -61,6 +61,11 @@ def backbone(net: nn.Module) -> list[nn.Module]:
     return [module for name, module in net.named_children() if name != "head"]
 
 
+def backbone_parameters(net: nn.Module) -> list[nn.Parameter]:
+    """The parameters of `net`'s backbone (what `backbone_lr_scale` slows down)."""
+    return [p for module in backbone(net) for p in module.parameters()]
+
+
 def has_frame_head(net: nn.Module) -> bool:
     """Whether `net` scores every frame (sound event detection): it has `forward_frames` and `has_frames`."""
     return bool(getattr(net, "has_frames", False)) and callable(getattr(net, "forward_frames", None))
