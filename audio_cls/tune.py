@@ -61,8 +61,8 @@ def tune(cfg: DictConfig) -> dict:
     datamodule, module, _ = build_run(cfg)
     tuner = Tuner(trainer)
     suggested: dict = {}
-    with as_the_run_starts(module, cfg.transfer):
-        if scale:
+    if scale:
+        with as_the_run_starts(module, cfg.transfer):
             size = tuner.scale_batch_size(
                 module,
                 datamodule=datamodule,
@@ -71,10 +71,11 @@ def tune(cfg: DictConfig) -> dict:
                 init_val=datamodule.batch_size,
                 max_val=settings.max_batch_size,
             )
-            suggested["data.batch_size"] = int(size)
-            log.info("Batch-size scaler: data.batch_size=%d (from %d)", size, cfg.data.batch_size)
+        suggested["data.batch_size"] = int(size)
+        log.info("Batch-size scaler: data.batch_size=%d (from %d)", size, cfg.data.batch_size)
 
-        if settings.lr_find:
+    if settings.lr_find:
+        with as_the_run_starts(module, cfg.transfer):
             finder = tuner.lr_find(
                 module,
                 datamodule=datamodule,
@@ -85,25 +86,25 @@ def tune(cfg: DictConfig) -> dict:
                 early_stop_threshold=settings.early_stop_threshold,
                 update_attr=False,  # the rate is optimizer.lr in the config: tune.json and tune.apply set it
             )
-            if finder is None:
-                raise ConfigError("tune.lr_find: Lightning's range test ran no steps (trainer.fast_dev_run?)")
-            lr = suggest_lr(finder.results["lr"], finder.results["loss"], settings.lr_mode)
-            write_range_test(output_dir, finder.results)
-            plot_range_test(finder.results, lr).savefig(output_dir / "lr_find.png", dpi=120, bbox_inches="tight")
-            if lr is None:
-                log.warning(
-                    "lr_find: no suggestion: %d steps ran (fewer than 12, or no finite loss); see %s",
-                    len(finder.results["lr"]),
-                    output_dir / "lr_find.csv",
-                )
-            else:
-                suggested["optimizer.lr"] = float(lr)
-                log.info(
-                    "Learning-rate range test: optimizer.lr=%.3g (was %g); plot in %s",
-                    lr,
-                    cfg.optimizer.lr,
-                    output_dir / "lr_find.png",
-                )
+        if finder is None:
+            raise ConfigError("tune.lr_find: Lightning's range test ran no steps (trainer.fast_dev_run?)")
+        lr = suggest_lr(finder.results["lr"], finder.results["loss"], settings.lr_mode)
+        write_range_test(output_dir, finder.results)
+        plot_range_test(finder.results, lr).savefig(output_dir / "lr_find.png", dpi=120, bbox_inches="tight")
+        if lr is None:
+            log.warning(
+                "lr_find: no suggestion: %d steps ran (fewer than 12, or no finite loss); see %s",
+                len(finder.results["lr"]),
+                output_dir / "lr_find.csv",
+            )
+        else:
+            suggested["optimizer.lr"] = float(lr)
+            log.info(
+                "Learning-rate range test: optimizer.lr=%.3g (was %g); plot in %s",
+                lr,
+                cfg.optimizer.lr,
+                output_dir / "lr_find.png",
+            )
 
     overrides = [
         f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}" for key, value in suggested.items()
