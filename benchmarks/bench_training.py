@@ -1,6 +1,7 @@
 """Training throughput: our Lightning pipeline against a plain PyTorch loop that trains the same network on the
-same batches (the same cached, normalized, length-bucketed DataLoader): the overhead of our stack; and epoch time
-with data.placement=cache against placement=worker (and device)."""
+same batches (the same cached, normalized, length-bucketed DataLoader): the overhead of our stack, per epoch, per
+step with a network that costs nothing, and where that step's time goes (torch.profiler); and epoch time with
+data.placement=cache against placement=worker (and device)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import time
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from torch.profiler import ProfilerActivity, profile
 
 from audio_cls.module import AudioClassifier
 from common import DEVICE, bare_trainer, default_config, machine, print_table, sync
@@ -26,6 +28,60 @@ class EpochTimer(L.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         sync()
         self.times.append(time.perf_counter() - self.start)
+
+
+class StepProfile:
+    """torch.profiler (CPU) over training epochs `first`..`last` of one run: the wall time of those steps and the
+    CPU time of the events it records, by kind (each event's self time, so nothing is counted twice)."""
+
+    # Tensor ops; the backward engine; optimizer.step and zero_grad (under Lightning the step runs the closure, so
+    # the Python of training_step's hooks counts there too).
+    KINDS = ("aten::", "autograd::", "Optimizer.")
+
+    def __init__(self, first: int = 1, last: int = 3):
+        self.first, self.last, self.steps, self.active = first, last, 0, False
+
+    def epoch_start(self, epoch: int) -> None:
+        if epoch == self.first:
+            self.profiler = profile(activities=[ProfilerActivity.CPU])
+            self.profiler.__enter__()
+            self.active, self.start = True, time.perf_counter()
+
+    def step(self) -> None:
+        self.steps += self.active
+
+    def epoch_end(self, epoch: int) -> None:
+        if epoch == self.last:
+            sync()
+            self.wall = time.perf_counter() - self.start
+            self.profiler.__exit__(None, None, None)
+            self.active = False
+
+    def per_step(self) -> dict[str, float]:
+        """Milliseconds per step: wall, each kind of event, the other events, and outside any event (Python)."""
+        ms = dict.fromkeys(("wall", *self.KINDS, "other events", "outside any event"), 0.0)
+        self.calls = {}
+        for event in self.profiler.key_averages():
+            kind = next((k for k in self.KINDS if event.key.startswith(k)), "other events")
+            ms[kind] += event.self_cpu_time_total / 1000
+            self.calls[event.key] = (event.count, event.self_cpu_time_total / 1000)
+        ms["outside any event"] = self.wall * 1000 - sum(ms.values())
+        ms["wall"] = self.wall * 1000
+        return {k: v / self.steps for k, v in ms.items()}
+
+
+class ProfileEpochs(L.Callback):
+    def __init__(self, profile: StepProfile):
+        self.profile = profile
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.profile.epoch_start(trainer.current_epoch)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.profile.step()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self.profile.epoch_end(trainer.current_epoch)
 
 
 class MeanLinear(torch.nn.Module):
@@ -87,7 +143,9 @@ def lightning_epochs(
     return timer.times
 
 
-def plain_epochs(epochs: int, compiled: bool = False, *overrides: str, cost_free: bool = False) -> list[float]:
+def plain_epochs(
+    epochs: int, compiled: bool = False, *overrides: str, cost_free: bool = False, profile: StepProfile | None = None
+) -> list[float]:
     """Epoch times of a plain PyTorch loop on the cached batches; `compiled`: torch.compile the network first."""
     cfg, dm, net = build("cache", 0, *overrides, cost_free=cost_free)
     net.to(DEVICE)
@@ -97,14 +155,17 @@ def plain_epochs(epochs: int, compiled: bool = False, *overrides: str, cost_free
     loader = dm.train_dataloader()
     times = []
     net.train()
-    for _ in range(epochs):
+    for epoch in range(epochs):
         start = time.perf_counter()
+        profile and profile.epoch_start(epoch)
         for batch in loader:
             batch = {k: v.to(DEVICE, non_blocking=True) for k, v in batch.items()}
             loss = torch.nn.functional.cross_entropy(net(batch["inputs"], batch["lengths"]), batch["targets"])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            profile and profile.step()
+        profile and profile.epoch_end(epoch)
         sync()
         times.append(time.perf_counter() - start)
     return times
@@ -143,6 +204,45 @@ def overhead_per_step(rounds: int, epochs: int = 20) -> str:
     )
 
 
+def where_the_step_goes(epochs: int = 4) -> str:
+    """torch.profiler over epochs 2-`epochs` of each loop with MeanLinear: how much of a step is tensor ops, the
+    backward engine and the optimizer (the same work in every loop) and how much is Python outside any of them
+    (the loop itself); then the ops whose time per step differs most between ours and the Lightning floor."""
+    profiles = {name: StepProfile(1, epochs - 1) for name in ("plain PyTorch loop", "Lightning floor", "ours")}
+    plain_epochs(epochs, cost_free=True, profile=profiles["plain PyTorch loop"])
+    for name, floor in (("Lightning floor", True), ("ours", False)):
+        lightning_epochs("cache", 0, epochs, callbacks=[ProfileEpochs(profiles[name])], floor=floor, cost_free=True)
+    columns = list(profiles["ours"].per_step())
+    rows = [[name, *(f"{v:.3f}" for v in p.per_step().values())] for name, p in profiles.items()]
+    table = print_table(
+        f"Where a step's time goes (torch.profiler, CPU; ms per step, epochs 2-{epochs}, a network that costs "
+        f"nothing; the profiler's own cost per recorded event is included; {machine()})",
+        ["loop", *columns],
+        rows,
+    )
+    return "\n".join(
+        [
+            table,
+            differences(profiles["plain PyTorch loop"], profiles["Lightning floor"], "the plain loop", "the floor"),
+            differences(profiles["Lightning floor"], profiles["ours"], "the floor", "ours"),
+        ]
+    )
+
+
+def differences(a: StepProfile, b: StepProfile, name_a: str, name_b: str, rows: int = 8) -> str:
+    """The recorded events whose CPU time per step differs most from profile a to profile b."""
+    diff = []
+    for key in a.calls.keys() | b.calls.keys():
+        (n_a, ms_a), (n_b, ms_b) = a.calls.get(key, (0, 0.0)), b.calls.get(key, (0, 0.0))
+        diff.append((ms_b / b.steps - ms_a / a.steps, key, n_a / a.steps, n_b / b.steps))
+    diff.sort(key=lambda d: -abs(d[0]))
+    return print_table(
+        f"Events whose CPU time per step differs most from {name_a} to {name_b}",
+        ["event", f"calls per step: {name_a}", f"calls per step: {name_b}", f"ms per step, {name_b} - {name_a}"],
+        [[key, f"{n_a:.1f}", f"{n_b:.1f}", f"{d:+.3f}"] for d, key, n_a, n_b in diff[:rows]],
+    )
+
+
 def main(epochs: int, rounds: int) -> str:
     samples = len(build("cache", 0)[1].splits["train"])
     plain, floor, ours, ratios, floor_ratios = alternate(epochs, rounds)
@@ -173,7 +273,7 @@ def main(epochs: int, rounds: int) -> str:
         f"{', '.join(f'{r:.3f}' for r in floor_ratios)}; median {statistics.median(floor_ratios):.3f}"
     )
     print(line)
-    return table + "\n" + line + "\n" + overhead_per_step(2 * rounds)
+    return table + "\n" + line + "\n" + overhead_per_step(2 * rounds) + "\n" + where_the_step_goes()
 
 
 if __name__ == "__main__":
