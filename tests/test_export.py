@@ -169,6 +169,7 @@ MODELS = sorted(p.stem for p in (REPO / "conf" / "model").glob("*.yaml") if not 
 FRONT_ENDS = sorted(p.stem for p in (REPO / "conf" / "features").glob("*.yaml") if not p.stem.startswith("_"))
 # Shipped settings but for the widths, so that exporting takes seconds.
 TINY = {
+    "bcresnet": [],  # width 1: 9k parameters
     "cnn1d": ["model.channels=[8,8,8]"],
     "cnn2d": ["model.channels=[4,8,8]"],
     "crnn": ["model.channels=[8,8]", "model.hidden_size=8"],
@@ -192,7 +193,7 @@ COMBINATIONS = sorted(
     (
         {("cnn1d", f) for f in FRONT_ENDS}
         | {("cnn2d", "spectrogram")}
-        | {(m, "logmel") for m in (*PACKED, "matchboxnet")}
+        | {(m, "logmel") for m in (*PACKED, "matchboxnet", "bcresnet")}
     )
     - {COVERED_ABOVE}
 )

@@ -209,3 +209,22 @@ def test_per_block_lists_from_the_command_line(model, overrides):
             assert [block.freq_pool_size for block in net.blocks] == expected
     x, lengths = torch.randn(2, 80, 40), torch.tensor([80, 61])
     assert net(x, lengths).shape == (2, 3)
+
+
+@pytest.mark.parametrize("width,paper", [(1, 9.2e3), (8, 321e3)])
+def test_bcresnet_has_the_papers_parameter_counts(width, paper):
+    """BC-ResNet-1 and -8 on 40 mel bands: 9.2k and 321k parameters in Kim et al. (2021), Table 2."""
+    from audio_cls.model import BCResNet
+
+    net = BCResNet(40, 12, width=width)
+    assert abs(sum(p.numel() for p in net.parameters()) - paper) / paper < 0.01
+    x = torch.randn(2, 30, 40)
+    assert net(x, torch.tensor([30, 7])).shape == (2, 12)
+
+
+def test_bcresnet_names_sub_bands_that_do_not_divide_a_stage():
+    from audio_cls.model import BCResNet
+
+    with pytest.raises(ConfigError, match=r"model.sub_bands=5 does not divide the 32 frequency bins of stage 1"):
+        BCResNet(64, 10)
+    assert BCResNet(64, 10, sub_bands=4)(torch.randn(1, 9, 64), torch.tensor([9])).shape == (1, 10)

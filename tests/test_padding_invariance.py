@@ -16,6 +16,7 @@ from audio_cls import CONF_DIR
 
 # (name, overrides): every conf/model/*.yaml as shipped, and the experiments that change a network's settings.
 NETWORKS = {
+    "bcresnet": ["model=bcresnet"],
     "cnn1d": ["model=cnn1d"],
     "cnn2d": ["model=cnn2d"],
     "crnn": ["model=crnn"],
@@ -94,7 +95,8 @@ def test_item_alone_and_in_any_padded_batch_give_the_same_logits(network, data, 
 
 
 @pytest.mark.parametrize(
-    "name", ["cnn1d", "matchboxnet", *(pytest.param(n, marks=pytest.mark.slow) for n in ("cnn2d", "crnn"))]
+    "name",
+    ["bcresnet", "cnn1d", "matchboxnet", *(pytest.param(n, marks=pytest.mark.slow) for n in ("cnn2d", "crnn"))],
 )
 @settings(max_examples=8, deadline=None)
 @given(data=st.data(), pad_value=PADDING)
@@ -106,7 +108,7 @@ def test_batch_norm_statistics_come_from_valid_frames_only(name, data, pad_value
     net = net.double()
     net.train()
     for module in net.modules():  # dropout aside: it draws new masks for every call
-        if isinstance(module, torch.nn.Dropout):
+        if isinstance(module, torch.nn.modules.dropout._DropoutNd):  # Dropout, Dropout2d
             module.p = 0.0
     low = shortest(net)
     lengths = data.draw(st.lists(st.integers(low, low + 40), min_size=2, max_size=5), label="lengths")

@@ -6,10 +6,11 @@ Each is built by Hydra from conf/model/NAME.yaml with `in_features` and `num_cla
 in from the data, so a new network is one module here plus one YAML there.
 """
 
+from audio_cls.model.bcresnet import BCResNet
 from audio_cls.model.cnn import CNN1d, CNN2d
 from audio_cls.model.crnn import CRNN
 from audio_cls.model.hf import HFEncoder  # imports transformers only when one is built (the optional extra [hf])
 from audio_cls.model.lstm import LSTMClassifier
 from audio_cls.model.matchboxnet import MatchboxNet
 
-__all__ = ["CNN1d", "CNN2d", "CRNN", "HFEncoder", "LSTMClassifier", "MatchboxNet"]
+__all__ = ["BCResNet", "CNN1d", "CNN2d", "CRNN", "HFEncoder", "LSTMClassifier", "MatchboxNet"]
