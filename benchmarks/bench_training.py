@@ -31,46 +31,61 @@ class EpochTimer(L.Callback):
 
 
 class StepProfile:
-    """torch.profiler (CPU) over training epochs `first`..`last` of one run: the wall time of those steps and the
-    CPU time of the events it records, by kind (each event's self time, so nothing is counted twice)."""
+    """torch.profiler (CPU) from the start of training epoch `first` to the start of epoch `last` + 1 (or the end
+    of training) of one run: the wall time of those steps and the CPU time of the events it records, by kind (each
+    event's self time, so nothing is counted twice), in ms per step, and each event's calls and ms in `calls`."""
 
-    # Tensor ops; the backward engine; optimizer.step and zero_grad (under Lightning the step runs the closure, so
-    # the Python of training_step's hooks counts there too).
-    KINDS = ("aten::", "autograd::", "Optimizer.")
+    KINDS = {
+        "tensor ops": lambda key: key.startswith("aten::"),
+        # the autograd engine's nodes (AddmmBackward0, AccumulateGrad, ...) around the backward ops
+        "backward engine": lambda key: "autograd::" in key or key.endswith(("Backward0", "Backward1")),
+        # under Lightning optimizer.step runs the closure: training_step's and backward's hooks count there too
+        "optimizer step and zero_grad": lambda key: key.startswith("Optimizer."),
+    }
 
-    def __init__(self, first: int = 1, last: int = 3):
-        self.first, self.last, self.steps, self.active = first, last, 0, False
+    def __init__(self, first: int, last: int):
+        if not 0 <= first <= last:
+            raise ValueError(f"StepProfile: need 0 <= first <= last, got {first}, {last}")
+        self.first, self.last, self.steps, self.active, self.ms = first, last, 0, False, None
 
     def epoch_start(self, epoch: int) -> None:
         if epoch == self.first:
             self.profiler = profile(activities=[ProfilerActivity.CPU])
             self.profiler.__enter__()
             self.active, self.start = True, time.perf_counter()
+        elif epoch == self.last + 1:
+            self.close()
 
     def step(self) -> None:
         self.steps += self.active
 
-    def epoch_end(self, epoch: int) -> None:
-        if epoch == self.last:
-            sync()
-            self.wall = time.perf_counter() - self.start
-            self.profiler.__exit__(None, None, None)
-            self.active = False
+    def close(self) -> None:
+        """End the window (at the start of epoch `last` + 1, or when training ends) and add up its events."""
+        if not self.active:
+            return
+        sync()
+        wall = (time.perf_counter() - self.start) * 1000
+        self.profiler.__exit__(None, None, None)
+        self.active = False
+        ms = dict.fromkeys(("wall", *self.KINDS, "other recorded events", "outside any event"), 0.0)
+        self.calls = {}
+        for event in self.profiler.key_averages():
+            kind = next((k for k, match in self.KINDS.items() if match(event.key)), "other recorded events")
+            ms[kind] += event.self_cpu_time_total / 1000
+            self.calls[event.key] = (event.count, event.self_cpu_time_total / 1000)
+        ms["outside any event"], ms["wall"] = wall - sum(ms.values()), wall
+        self.ms = {k: v / self.steps for k, v in ms.items()}
 
     def per_step(self) -> dict[str, float]:
         """Milliseconds per step: wall, each kind of event, the other events, and outside any event (Python)."""
-        ms = dict.fromkeys(("wall", *self.KINDS, "other events", "outside any event"), 0.0)
-        self.calls = {}
-        for event in self.profiler.key_averages():
-            kind = next((k for k in self.KINDS if event.key.startswith(k)), "other events")
-            ms[kind] += event.self_cpu_time_total / 1000
-            self.calls[event.key] = (event.count, event.self_cpu_time_total / 1000)
-        ms["outside any event"] = self.wall * 1000 - sum(ms.values())
-        ms["wall"] = self.wall * 1000
-        return {k: v / self.steps for k, v in ms.items()}
+        if self.ms is None:
+            raise RuntimeError(f"StepProfile: epochs {self.first}-{self.last} were not all run")
+        return self.ms
 
 
 class ProfileEpochs(L.Callback):
+    """Runs a StepProfile inside a Lightning fit."""
+
     def __init__(self, profile: StepProfile):
         self.profile = profile
 
@@ -80,8 +95,11 @@ class ProfileEpochs(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.profile.step()
 
-    def on_train_epoch_end(self, trainer, pl_module):
-        self.profile.epoch_end(trainer.current_epoch)
+    def on_train_end(self, trainer, pl_module):
+        self.profile.close()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self.profile.close()
 
 
 class MeanLinear(torch.nn.Module):
@@ -155,19 +173,21 @@ def plain_epochs(
     loader = dm.train_dataloader()
     times = []
     net.train()
-    for epoch in range(epochs):
-        start = time.perf_counter()
-        profile and profile.epoch_start(epoch)
-        for batch in loader:
-            batch = {k: v.to(DEVICE, non_blocking=True) for k, v in batch.items()}
-            loss = torch.nn.functional.cross_entropy(net(batch["inputs"], batch["lengths"]), batch["targets"])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            profile and profile.step()
-        profile and profile.epoch_end(epoch)
-        sync()
-        times.append(time.perf_counter() - start)
+    try:
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            profile and profile.epoch_start(epoch)
+            for batch in loader:
+                batch = {k: v.to(DEVICE, non_blocking=True) for k, v in batch.items()}
+                loss = torch.nn.functional.cross_entropy(net(batch["inputs"], batch["lengths"]), batch["targets"])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                profile and profile.step()
+            sync()
+            times.append(time.perf_counter() - start)
+    finally:
+        profile and profile.close()
     return times
 
 
@@ -206,14 +226,17 @@ def overhead_per_step(rounds: int, epochs: int = 20) -> str:
 
 def where_the_step_goes(epochs: int = 4) -> str:
     """torch.profiler over epochs 2-`epochs` of each loop with MeanLinear: how much of a step is tensor ops, the
-    backward engine and the optimizer (the same work in every loop) and how much is Python outside any of them
-    (the loop itself); then the ops whose time per step differs most between ours and the Lightning floor."""
+    backward engine and the optimizer step (with Lightning's closure), and how much is Python outside any recorded
+    event (the loop itself); then the events whose time per step differs most from loop to loop."""
+    if epochs < 2:
+        raise ValueError(f"where_the_step_goes: epochs={epochs}; the first epoch is left out, so at least 2")
     profiles = {name: StepProfile(1, epochs - 1) for name in ("plain PyTorch loop", "Lightning floor", "ours")}
     plain_epochs(epochs, cost_free=True, profile=profiles["plain PyTorch loop"])
     for name, floor in (("Lightning floor", True), ("ours", False)):
         lightning_epochs("cache", 0, epochs, callbacks=[ProfileEpochs(profiles[name])], floor=floor, cost_free=True)
     columns = list(profiles["ours"].per_step())
     rows = [[name, *(f"{v:.3f}" for v in p.per_step().values())] for name, p in profiles.items()]
+    # per_step() has checked every window closed, so `calls` exists for differences()
     table = print_table(
         f"Where a step's time goes (torch.profiler, CPU; ms per step, epochs 2-{epochs}, a network that costs "
         f"nothing; the profiler's own cost per recorded event is included; {machine()})",
@@ -243,7 +266,7 @@ def differences(a: StepProfile, b: StepProfile, name_a: str, name_b: str, rows: 
     )
 
 
-def main(epochs: int, rounds: int) -> str:
+def main(epochs: int, rounds: int, profile_epochs: int = 4) -> str:
     samples = len(build("cache", 0)[1].splits["train"])
     plain, floor, ours, ratios, floor_ratios = alternate(epochs, rounds)
     runs = {
@@ -273,12 +296,19 @@ def main(epochs: int, rounds: int) -> str:
         f"{', '.join(f'{r:.3f}' for r in floor_ratios)}; median {statistics.median(floor_ratios):.3f}"
     )
     print(line)
-    return table + "\n" + line + "\n" + overhead_per_step(2 * rounds) + "\n" + where_the_step_goes()
+    return table + "\n" + line + "\n" + overhead_per_step(2 * rounds) + "\n" + where_the_step_goes(profile_epochs)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--profile-epochs", type=int, default=4, help="epochs of each profiled run (the first left out)"
+    )
+    parser.add_argument("--profile-only", action="store_true", help="only where a step's time goes (torch.profiler)")
     args = parser.parse_args()
-    main(args.epochs, args.rounds)
+    if args.profile_only:
+        where_the_step_goes(args.profile_epochs)
+    else:
+        main(args.epochs, args.rounds, args.profile_epochs)
