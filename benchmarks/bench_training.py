@@ -6,6 +6,7 @@ data.placement=cache against placement=worker (and device)."""
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import time
 
@@ -38,7 +39,7 @@ class StepProfile:
     KINDS = {
         "tensor ops": lambda key: key.startswith("aten::"),
         # the autograd engine's nodes (AddmmBackward0, AccumulateGrad, ...) around the backward ops
-        "backward engine": lambda key: "autograd::" in key or key.endswith(("Backward0", "Backward1")),
+        "backward engine": lambda key: "autograd::" in key or re.search(r"Backward\d*$", key) is not None,
         # under Lightning optimizer.step runs the closure: training_step's and backward's hooks count there too
         "optimizer step and zero_grad": lambda key: key.startswith("Optimizer."),
     }
@@ -46,9 +47,10 @@ class StepProfile:
     def __init__(self, first: int, last: int):
         if not 0 <= first <= last:
             raise ValueError(f"StepProfile: need 0 <= first <= last, got {first}, {last}")
-        self.first, self.last, self.steps, self.active, self.ms = first, last, 0, False, None
+        self.first, self.last, self.steps, self.active, self.ms, self.epoch = first, last, 0, False, None, -1
 
     def epoch_start(self, epoch: int) -> None:
+        self.epoch = epoch
         if epoch == self.first:
             self.profiler = profile(activities=[ProfilerActivity.CPU])
             self.profiler.__enter__()
@@ -59,14 +61,17 @@ class StepProfile:
     def step(self) -> None:
         self.steps += self.active
 
-    def close(self) -> None:
-        """End the window (at the start of epoch `last` + 1, or when training ends) and add up its events."""
+    def close(self, aborted: bool = False) -> None:
+        """End the window (at the start of epoch `last` + 1, or when training ends) and add up its events, unless
+        training was `aborted` or stopped before epoch `last` (then per_step() says so)."""
         if not self.active:
             return
         sync()
         wall = (time.perf_counter() - self.start) * 1000
         self.profiler.__exit__(None, None, None)
         self.active = False
+        if aborted or self.epoch < self.last or not self.steps:
+            return
         ms = dict.fromkeys(("wall", *self.KINDS, "other recorded events", "outside any event"), 0.0)
         self.calls = {}
         for event in self.profiler.key_averages():
@@ -79,7 +84,7 @@ class StepProfile:
     def per_step(self) -> dict[str, float]:
         """Milliseconds per step: wall, each kind of event, the other events, and outside any event (Python)."""
         if self.ms is None:
-            raise RuntimeError(f"StepProfile: epochs {self.first}-{self.last} were not all run")
+            raise RuntimeError(f"StepProfile: epochs {self.first + 1}-{self.last + 1} were not all run")
         return self.ms
 
 
@@ -99,7 +104,7 @@ class ProfileEpochs(L.Callback):
         self.profile.close()
 
     def on_exception(self, trainer, pl_module, exception):
-        self.profile.close()
+        self.profile.close(aborted=True)
 
 
 class MeanLinear(torch.nn.Module):
@@ -186,8 +191,10 @@ def plain_epochs(
                 profile and profile.step()
             sync()
             times.append(time.perf_counter() - start)
-    finally:
-        profile and profile.close()
+    except BaseException:
+        profile and profile.close(aborted=True)
+        raise
+    profile and profile.close()
     return times
 
 

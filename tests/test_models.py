@@ -222,9 +222,13 @@ def test_bcresnet_has_the_papers_parameter_counts(width, paper):
     assert net(x, torch.tensor([30, 7])).shape == (2, 12)
 
 
-def test_bcresnet_names_sub_bands_that_do_not_divide_a_stage():
+def test_bcresnet_names_what_does_not_fit():
     from audio_cls.model import BCResNet
 
-    with pytest.raises(ConfigError, match=r"model.sub_bands=5 does not divide the 32 frequency bins of stage 1"):
+    with pytest.raises(ConfigError, match=r"model.sub_bands=5 must divide .* \(32, 16, 8 for 64 .*divisor of 8"):
         BCResNet(64, 10)
     assert BCResNet(64, 10, sub_bands=4)(torch.randn(1, 9, 64), torch.tensor([9])).shape == (1, 10)
+    with pytest.raises(ConfigError, match=r"20 feature bins leave 3 .* at least 33"):
+        BCResNet(20, 10, sub_bands=1)
+    with pytest.raises(ConfigError, match=r"model.width=0.05"):
+        BCResNet(40, 10, width=0.05)

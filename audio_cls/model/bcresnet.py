@@ -1,7 +1,7 @@
 """BC-ResNet (Kim et al., "Broadcasted Residual Learning for Efficient Keyword Spotting", Interspeech 2021):
 a 2-D CNN over the (freq x time) image whose blocks split into a frequency-depthwise part (2-D features) and a
 temporal part computed once per frame on the features averaged over frequency and broadcast back over it;
-BC-ResNet-1 has about 10k parameters and reaches 96.6% on Speech Commands v2-12, BC-ResNet-8 98.7%.
+BC-ResNet-1 has 9.2k parameters, BC-ResNet-8 321k and 98.0% / 98.7% on Speech Commands v1 / v2 (12 classes).
 
     x (batch, time, feat) -> (batch, 1, feat, time)
       -> Conv2d 5x5, stride 2 over frequency -> BN -> ReLU                                            (2 * c1)
@@ -15,13 +15,16 @@ BC-ResNet-1 has about 10k parameters and reaches 96.6% on Speech Commands v2-12,
       -> depthwise Conv2d 5x5 (no frequency padding) -> 1x1 conv to 4 * c1 -> BN -> ReLU
       -> mean over frequency, then over valid frames -> Linear -> logits (batch, num_classes)
 
-c1 = 8 * width (the paper's tau). Time keeps its length through every layer; padding frames are zeroed before
-every convolution that reads across time and kept out of every batch norm's statistics, so an item gives the
-same logits alone or in any padded batch. SubSpectralNorm (Chang et al., Interspeech 2021) is batch norm with
-separate statistics for each of `sub_bands` equal frequency bands.
+c1 = 8 * width (the paper's tau). The frequency strides take F bins to (F - 1) // 2 + 1 at each of three steps and
+the last conv needs 5, so at least 33 feature bins (40 mels: 20, 10, 5). Time keeps its length through every layer;
+padding frames are zeroed before every convolution that reads across time and kept out of every batch norm's
+statistics, so an item gives the same logits alone or in any padded batch. SubSpectralNorm (Chang et al.,
+Interspeech 2021) is batch norm with separate statistics for each of `sub_bands` equal frequency bands.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -47,9 +50,10 @@ class SubSpectralNorm(nn.Module):
 
 
 class BCResBlock(nn.Module):
-    """One broadcasted residual block (see the module docstring): (batch, in_channels, freq, time), lengths ->
-    (batch, out_channels, freq / freq_stride, time). A transition block (in_channels != out_channels or a
-    frequency stride) starts with a 1x1 conv and has no identity path."""
+    """One broadcasted residual block (see the module docstring): h (batch, in_channels, freq, time) zero past each
+    length, lengths (batch,) -> (batch, out_channels, (freq - 1) // freq_stride + 1, time), zero past each length.
+    A transition block (the channels change, or a frequency stride) has no identity path; it starts with a 1x1
+    conv when the channels change."""
 
     def __init__(
         self, in_channels: int, out_channels: int, freq_stride: int, dilation: int, sub_bands: int, dropout: float
@@ -57,9 +61,8 @@ class BCResBlock(nn.Module):
         super().__init__()
         self.transition = in_channels != out_channels or freq_stride != 1
         c = out_channels
-        if in_channels != out_channels:
-            self.expand = nn.Conv2d(in_channels, c, 1, bias=False)
-            self.expand_norm = MaskedBatchNorm2d(c)
+        self.expand = nn.Conv2d(in_channels, c, 1, bias=False) if in_channels != c else None
+        self.expand_norm = MaskedBatchNorm2d(c) if in_channels != c else None
         self.freq_conv = nn.Conv2d(c, c, (3, 1), stride=(freq_stride, 1), padding=(1, 0), groups=c, bias=False)
         self.freq_norm = SubSpectralNorm(c, sub_bands)
         self.time_conv = nn.Conv2d(c, c, (1, 3), padding=(0, dilation), dilation=(1, dilation), groups=c, bias=False)
@@ -69,7 +72,7 @@ class BCResBlock(nn.Module):
         self.dropout = nn.Dropout2d(dropout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        if hasattr(self, "expand"):
+        if self.expand is not None:
             x = self.activation(self.expand_norm(self.expand(x), lengths))
         f2 = self.freq_norm(self.freq_conv(x), lengths)
         f1 = time_mask(f2.mean(2, keepdim=True), lengths)  # the temporal conv reads zeros past each item's end
@@ -85,9 +88,9 @@ class BCResNet(nn.Module):
     Args:
         in_features: feature bins per frame (frequency of the input image).
         num_classes: outputs.
-        width: the paper's tau; c1 = 8 * width channels in the first stage (1: about 10k parameters, 8: 320k).
+        width: the paper's tau; c1 = 8 * width channels in the first stage (1: 9.2k parameters, 8: 321k).
         sub_bands: SubSpectralNorm's frequency bands; must divide the bins of every stage (40 mels: 20, 10, 5
-            bins -> 5; 1 is plain batch norm).
+            bins -> 5; 64 mels: 32, 16, 8 -> 8, 4, 2; 1 is plain batch norm).
         dropout: channel dropout on the temporal part of every block (the paper: 0.1).
         readout: over valid frames after the mean over frequency: "mean" (the paper's), "max" or "meanmax".
 
@@ -105,27 +108,38 @@ class BCResNet(nn.Module):
     ):
         super().__init__()
         check_readout(readout)
-        if width <= 0 or sub_bands < 1:
-            raise ConfigError(f"model.width={width}, model.sub_bands={sub_bands}: need width > 0 and sub_bands >= 1")
         c1 = round(8 * width)
+        if c1 < 1:
+            raise ConfigError(f"model.width={width}: 8 * width channels must round to at least 1")
+        if sub_bands < 1:
+            raise ConfigError(f"model.sub_bands={sub_bands}: need at least 1 (1 is plain batch norm)")
+        # frequency bins after the stem and after each block (stride 2 at the first block of stages 2 and 3)
+        bins, per_block = (in_features - 1) // 2 + 1, []
+        for _, count, freq_stride, _ in STAGES:
+            for i in range(count):
+                bins = (bins - 1) // (freq_stride if i == 0 else 1) + 1
+                per_block.append(bins)
+        if bins < 5:
+            raise ConfigError(
+                f"model=bcresnet: {in_features} feature bins leave {bins} after its frequency strides and its last "
+                f"conv needs 5: at least 33 feature bins (e.g. features.n_mels=40)"
+            )
+        stage_bins = sorted(set(per_block), reverse=True)
+        if any(b % sub_bands for b in stage_bins):
+            raise ConfigError(
+                f"model.sub_bands={sub_bands} must divide the frequency bins of every stage "
+                f"({', '.join(map(str, stage_bins))} for {in_features} feature bins): choose a divisor of "
+                f"{math.gcd(*stage_bins)}, or 1 (plain batch norm)"
+            )
         self.stem = nn.Conv2d(1, 2 * c1, 5, stride=(2, 1), padding=2, bias=False)
         self.stem_norm = MaskedBatchNorm2d(2 * c1)
-        bins, channels, blocks = (in_features - 1) // 2 + 1, 2 * c1, []
-        for stage, (scale, count, freq_stride, dilation) in enumerate(STAGES, start=1):
+        channels, blocks = 2 * c1, []
+        for scale, count, freq_stride, dilation in STAGES:
             for i in range(count):
-                stride = freq_stride if i == 0 else 1
-                bins = (bins - 1) // stride + 1
-                if bins % sub_bands:
-                    raise ConfigError(
-                        f"model.sub_bands={sub_bands} does not divide the {bins} frequency bins of stage {stage} "
-                        f"({in_features} features in): choose a divisor of it, or 1 (plain batch norm)"
-                    )
                 out = round(scale * c1)
-                blocks.append(BCResBlock(channels, out, stride, dilation, sub_bands, dropout))
+                blocks.append(BCResBlock(channels, out, freq_stride if i == 0 else 1, dilation, sub_bands, dropout))
                 channels = out
         self.blocks = nn.ModuleList(blocks)
-        if bins < 5:
-            raise ConfigError(f"BCResNet: {in_features} features leave {bins} frequency bins; its last conv needs 5")
         self.final_conv = nn.Conv2d(channels, channels, 5, padding=(0, 2), groups=channels, bias=False)
         self.final_pointwise = nn.Conv2d(channels, 4 * c1, 1, bias=False)
         self.final_norm = MaskedBatchNorm2d(4 * c1)
