@@ -213,7 +213,7 @@ def test_per_block_lists_from_the_command_line(model, overrides):
 
 @pytest.mark.parametrize("width,paper", [(1, 9.2e3), (8, 321e3)])
 def test_bcresnet_has_the_papers_parameter_counts(width, paper):
-    """BC-ResNet-1 and -8 on 40 mel bands: 9.2k and 321k parameters in Kim et al. (2021), Table 2."""
+    """BC-ResNet-1 and -8 on 40 mel bands: 9.2k and 321k parameters in Kim et al. (2021)."""
     from audio_cls.model import BCResNet
 
     net = BCResNet(40, 12, width=width)
