@@ -30,7 +30,14 @@ import torch
 from torch import nn
 
 from audio_cls.errors import ConfigError
-from audio_cls.model.layers import MaskedBatchNorm2d, check_readout, masked_pool, readout_width, time_mask
+from audio_cls.model.layers import (
+    MaskedBatchNorm2d,
+    check_readout,
+    conv_output_length,
+    masked_pool,
+    readout_width,
+    time_mask,
+)
 
 STAGES = ((1.0, 2, 1, 1), (1.5, 2, 2, 2), (2.0, 4, 2, 4), (2.5, 4, 1, 8))  # (width x c1, blocks, freq stride, dilation)
 
@@ -114,10 +121,10 @@ class BCResNet(nn.Module):
         if sub_bands < 1:
             raise ConfigError(f"model.sub_bands={sub_bands}: need at least 1 (1 is plain batch norm)")
         # frequency bins after the stem and after each block (stride 2 at the first block of stages 2 and 3)
-        bins, per_block = (in_features - 1) // 2 + 1, []
+        bins, per_block = conv_output_length(in_features, 5, stride=2, padding=2), []
         for _, count, freq_stride, _ in STAGES:
             for i in range(count):
-                bins = (bins - 1) // (freq_stride if i == 0 else 1) + 1
+                bins = conv_output_length(bins, 3, stride=freq_stride if i == 0 else 1, padding=1)
                 per_block.append(bins)
         if bins < 5:
             raise ConfigError(
