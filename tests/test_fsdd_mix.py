@@ -130,3 +130,20 @@ def test_missing_recordings(tmp_path):
     with pytest.raises(DataError, match=str(missing)):
         synthesize(missing, tmp_path / "out", clips=CLIPS)
     assert not (tmp_path / "out").exists()
+
+
+def test_syntheses_under_data_are_git_ignored_also_while_in_progress(tmp_path):
+    """synthesize builds beside its root (`.NAME.xxxx`, renamed when done): neither may show up in `git status`,
+    or a half-written synthesis of hundreds of MB is one `git add -A` away from the repository."""
+    import shutil
+    import subprocess
+
+    from helpers import REPO
+
+    if shutil.which("git") is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout")
+    paths = ["data/fsdd_mix/audio/train_00000.wav", "data/fsdd_mix_6k/meta.csv", "data/.fsdd_mix_6k.x1y2z3/a.wav"]
+    ignored = subprocess.run(
+        ["git", "check-ignore", "--no-index", *paths], cwd=REPO, capture_output=True, text=True
+    ).stdout.split()
+    assert ignored == paths
